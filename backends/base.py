@@ -1,0 +1,88 @@
+"""The interface every backend implements: what the array API standard leaves out."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend that cannot run here (library not installed, or no device)."""
+
+
+class Backend:
+    """One array library behind the names the model uses.
+
+    Attributes:
+      name:  registry name ("numpy", "jax", ...).
+      xp:    the array-API namespace (array_api_compat's wrapper where the library needs one).
+      device: where arrays live (None where the library has a single default).
+      inplace: True when arrays are writeable, so buffers may be updated in place (`acc += g`);
+               False for immutable arrays (JAX), where the same code rebinds to a new array.
+      supports_float64: whether float64 arrays can be made here.
+
+    Random numbers are functional: `key(seed)` makes a key, `fold_in(key, n)` derives an independent one,
+    `uniform(key, shape, dtype)` draws from [0, 1). The same keys work inside `jit`.
+    """
+
+    name: str = "base"
+    xp: Any = None
+    device: Any = None
+    inplace: bool = True
+    supports_float64: bool = True
+
+    # -- host <-> device ----------------------------------------------------------------------
+    def asarray(self, host_array, dtype=None):
+        """Copy a host (NumPy) array or scalar to this backend; `dtype` is a name ("float32") or None."""
+        if dtype is not None:
+            dtype = self.dtype(dtype)
+        return self.xp.asarray(host_array, dtype=dtype, device=self.device)
+
+    def to_numpy(self, x):
+        """Copy a backend array to a host NumPy array."""
+        raise NotImplementedError
+
+    def dtype(self, name):
+        """The namespace's dtype for `name` ("float32", "float64", "int32", ...); dtypes pass through."""
+        if not isinstance(name, str):
+            return name
+        if name == "float64" and not self.supports_float64:
+            raise ValueError(f"dtype 'float64' is not available on backend {self.name!r}: "
+                             f"{self.float64_hint()}; allowed here: 'float32'")
+        try:
+            return getattr(self.xp, name)
+        except AttributeError:
+            raise ValueError(f"unknown dtype {name!r}; allowed: 'float32', 'float64'") from None
+
+    def float64_hint(self) -> str:
+        return "this backend has no float64"
+
+    # -- what the standard lacks ------------------------------------------------------------------
+    def scatter_add(self, table, indices, updates):
+        """table[indices[i]] += updates[i] along axis 0, accumulating duplicate indices.
+
+        `indices` is 1-D int [N], `updates` is [N, ...]. Returns the result; where `inplace` is True it is
+        `table` itself, updated.
+        """
+        raise NotImplementedError
+
+    def erf(self, x):
+        """The error function, elementwise (exact GELU needs it; the standard has none)."""
+        raise NotImplementedError
+
+    def key(self, seed: int):
+        raise NotImplementedError
+
+    def fold_in(self, key, data: int):
+        raise NotImplementedError
+
+    def uniform(self, key, shape, dtype):
+        raise NotImplementedError
+
+    def jit(self, fn: Callable, **kwargs) -> Callable:
+        """Compile `fn` where a compiler exists (`kwargs` go to that compiler); else return it unchanged."""
+        return fn
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for honest timing)."""
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} device={self.device}>"

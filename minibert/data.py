@@ -1,0 +1,174 @@
+"""Masked-LM training data on the host (NumPy only): packed `[CLS] A [SEP] B [SEP]` sequences and masked batches.
+
+Every array is int32 with shape [N, seq_len] (packed sequences) or [B, T] (batches). A batch is a dict with
+`input_ids`, `attention_mask`, `token_type_ids` and `labels` (-100 where no prediction is asked).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from .tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, WordPieceTokenizer
+
+IGNORE_LABEL = -100
+MASK_PROB = 0.15
+_SHUFFLE_STREAM, _MASK_STREAM = 0, 1  # keep the shuffle and masking random streams apart
+
+
+def pack_sequences(token_docs: Sequence[Sequence[int]], seq_len: int, seed: int, *, cls_id: int = CLS_ID,
+                   sep_id: int = SEP_ID, pad_id: int = PAD_ID) -> dict[str, np.ndarray]:
+    """Pack consecutive text into BERT pairs `[CLS] A [SEP] B [SEP] [PAD]...` of length `seq_len`.
+
+    The documents are read as one token stream, cut into chunks of `seq_len - 3` tokens (the last one may be
+    shorter, and is dropped below 2 tokens); each chunk is split into non-empty A and B at a point drawn
+    uniformly from `seed`. token_type_ids is 0 on `[CLS] A [SEP]` and padding, 1 on `B [SEP]`; attention_mask
+    is 1 on every token but padding. Returns `input_ids`, `token_type_ids`, `attention_mask`, each [N, seq_len].
+    """
+    if seq_len < 5:
+        raise ValueError(f"seq_len must be at least 5 ([CLS] a [SEP] b [SEP]), got {seq_len}")
+    stream = np.fromiter(itertools.chain.from_iterable(token_docs), dtype=np.int32)
+    chunk_len = seq_len - 3
+    starts = np.arange(0, len(stream), chunk_len)
+    lengths = np.minimum(chunk_len, len(stream) - starts)
+    starts, lengths = starts[lengths >= 2], lengths[lengths >= 2]
+    len_a = np.random.default_rng(seed).integers(1, lengths)  # 1 .. length-1 per chunk
+    sep_a = 1 + len_a[:, None]  # column of the first [SEP]
+    sep_b = 2 + lengths[:, None]  # column of the second [SEP]
+
+    column = np.arange(seq_len)[None, :]
+    offset = column - np.where(column < sep_a, 1, 2)  # stream offset of the token at each column
+    input_ids = stream[np.clip(starts[:, None] + offset, 0, len(stream) - 1)]
+    input_ids[:, 0] = cls_id
+    input_ids = np.where((column == sep_a) | (column == sep_b), sep_id, input_ids)
+    input_ids = np.where(column > sep_b, pad_id, input_ids)
+    token_type_ids = (column > sep_a) & (column <= sep_b)
+    attention_mask = column <= sep_b
+    return {"input_ids": input_ids.astype(np.int32), "token_type_ids": token_type_ids.astype(np.int32),
+            "attention_mask": attention_mask.astype(np.int32)}
+
+
+def mask_tokens(input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int, *,
+                special_ids: Sequence[int] = SPECIAL_IDS, mask_id: int = MASK_ID,
+                mask_prob: float = MASK_PROB) -> tuple[np.ndarray, np.ndarray]:
+    """BERT masking: pick round(mask_prob * n) of each row's n non-special tokens (at least 1 when n > 0);
+    of those, 80% become [MASK], 10% a random non-special token, 10% stay. Returns (masked_ids, labels),
+    labels holding the original id at picked positions and -100 elsewhere.
+    """
+    maskable = ~np.isin(input_ids, special_ids)
+    num_maskable = maskable.sum(axis=1)
+    num_picked = np.minimum(np.maximum(np.rint(mask_prob * num_maskable), 1), num_maskable)
+    # A random order over each row's maskable positions; the first num_picked of it are picked.
+    keys = np.where(maskable, rng.random(input_ids.shape), np.inf)
+    rank = np.argsort(np.argsort(keys, axis=1), axis=1)
+    picked = rank < num_picked[:, None]
+
+    action = rng.random(input_ids.shape)
+    non_special = np.setdiff1d(np.arange(vocab_size), special_ids)
+    random_ids = non_special[rng.integers(0, len(non_special), input_ids.shape)]
+    masked_ids = np.where(picked & (action < 0.8), mask_id, input_ids)
+    masked_ids = np.where(picked & (action >= 0.8) & (action < 0.9), random_ids, masked_ids)
+    labels = np.where(picked, input_ids, IGNORE_LABEL)
+    return masked_ids.astype(np.int32), labels.astype(np.int32)
+
+
+class MLMBatcher:
+    """Endless masked-LM batches over packed sequences, exactly resumable.
+
+    Each epoch visits the sequences in an order drawn from (seed, epoch) (or in stored order with
+    `shuffle=False`), and each batch is masked anew from (seed, epoch, batch index). So a batch is a pure
+    function of (seed, epoch, index) -- see `batch` -- and the iteration state is just (epoch, position).
+    With `drop_last` (the default) every batch has exactly `batch_size` rows; otherwise the last one of an
+    epoch holds the remainder.
+    """
+
+    def __init__(self, sequences: dict[str, np.ndarray], batch_size: int, vocab_size: int, seed: int, *,
+                 shuffle: bool = True, drop_last: bool = True, mask_prob: float = MASK_PROB,
+                 special_ids: Sequence[int] = SPECIAL_IDS, mask_id: int = MASK_ID):
+        self.sequences = {name: np.asarray(sequences[name], dtype=np.int32)
+                          for name in ("input_ids", "attention_mask", "token_type_ids")}
+        num_sequences = len(self.sequences["input_ids"])
+        if num_sequences < batch_size:
+            raise ValueError(f"only {num_sequences} sequences, fewer than one batch of batch_size={batch_size}; "
+                             f"use a bigger corpus, a shorter seq_len or a smaller batch")
+        if seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed}")
+        self.batch_size = batch_size
+        self.vocab_size = vocab_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.mask_prob = mask_prob
+        self.special_ids = tuple(special_ids)
+        self.mask_id = mask_id
+        self.epoch = 0
+        self.position = 0
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.sequences["input_ids"])
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, remainder = divmod(self.num_sequences, self.batch_size)
+        return full + (remainder > 0 and not self.drop_last)
+
+    def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        """Batch `index` of `epoch` (the same every time it is asked for)."""
+        if not 0 <= index < self.batches_per_epoch:
+            raise IndexError(f"batch index {index} is out of range [0, {self.batches_per_epoch})")
+        rows = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        batch = {name: array[rows] for name, array in self.sequences.items()}
+        rng = np.random.default_rng((self.seed, _MASK_STREAM, epoch, index))
+        batch["input_ids"], batch["labels"] = mask_tokens(
+            batch["input_ids"], rng, self.vocab_size, special_ids=self.special_ids, mask_id=self.mask_id,
+            mask_prob=self.mask_prob)
+        return batch
+
+    def __iter__(self) -> "MLMBatcher":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.batch(self.epoch, self.position)
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the iteration stands (plus what it must be resumed with), as plain ints."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "num_sequences": self.num_sequences, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue exactly where the batcher that saved `state` stood (same data, seed and batch size)."""
+        for key in ("seed", "num_sequences", "batch_size"):
+            if int(state[key]) != getattr(self, key):
+                raise ValueError(f"cannot resume: the saved batcher had {key}={state[key]}, "
+                                 f"this one has {getattr(self, key)}")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < self.batches_per_epoch:
+            raise ValueError(f"cannot resume at epoch={epoch}, position={position}: "
+                             f"an epoch has {self.batches_per_epoch} batches")
+        self.epoch, self.position = epoch, position
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """The sequence order of `epoch` (cached for the latest epoch asked)."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            if self.shuffle:
+                order = np.random.default_rng((self.seed, _SHUFFLE_STREAM, epoch)).permutation(self.num_sequences)
+            else:
+                order = np.arange(self.num_sequences)
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
+
+
+def build_datasets(train_docs: Sequence[str], heldout_docs: Sequence[str], tokenizer: WordPieceTokenizer, seq_len: int,
+                   seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Tokenize and pack both parts of a corpus: (train_sequences, heldout_sequences), see `pack_sequences`."""
+    special = dict(cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)
+    train = pack_sequences(tokenizer.encode_batch(train_docs), seq_len, seed, **special)
+    heldout = pack_sequences(tokenizer.encode_batch(heldout_docs), seq_len, seed, **special)
+    return train, heldout

@@ -1,0 +1,80 @@
+"""Parameter names, shapes and initialisation (host side: weights are drawn with NumPy, then moved).
+
+The layout is documented in docs/PARAMS.md. Weights are stored [in, out] so a dense layer is x @ W + b.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minibert.config import BertConfig
+
+
+def param_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in a fixed order."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    shapes = {
+        "embeddings.word": (config.vocab_size, hidden),
+        "embeddings.position": (config.max_position, hidden),
+        "embeddings.token_type": (config.type_vocab_size, hidden),
+        "embeddings.ln.weight": (hidden,),
+        "embeddings.ln.bias": (hidden,),
+    }
+    for i in range(config.num_layers):
+        shapes.update({
+            f"layers.{i}.attn.qkv.weight": (hidden, 3 * hidden),
+            f"layers.{i}.attn.qkv.bias": (3 * hidden,),
+            f"layers.{i}.attn.out.weight": (hidden, hidden),
+            f"layers.{i}.attn.out.bias": (hidden,),
+            f"layers.{i}.attn.ln.weight": (hidden,),
+            f"layers.{i}.attn.ln.bias": (hidden,),
+            f"layers.{i}.ffn.in.weight": (hidden, inter),
+            f"layers.{i}.ffn.in.bias": (inter,),
+            f"layers.{i}.ffn.out.weight": (inter, hidden),
+            f"layers.{i}.ffn.out.bias": (hidden,),
+            f"layers.{i}.ffn.ln.weight": (hidden,),
+            f"layers.{i}.ffn.ln.bias": (hidden,),
+        })
+    shapes.update({
+        "head.dense.weight": (hidden, hidden),
+        "head.dense.bias": (hidden,),
+        "head.ln.weight": (hidden,),
+        "head.ln.bias": (hidden,),
+        "head.decoder_bias": (config.vocab_size,),
+    })
+    return shapes
+
+
+def is_layernorm_weight(name: str) -> bool:
+    return name.endswith("ln.weight")
+
+
+def is_no_decay(name: str) -> bool:
+    """Biases and LayerNorm parameters get no weight decay (as in BERT)."""
+    return name.endswith("bias") or ".ln." in name
+
+
+def init_host_params(config: BertConfig, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """BERT's initialisation on the host: weights and embeddings ~ N(0, initializer_range^2), biases 0,
+    LayerNorm weights 1. Drawn in float64 from one seeded generator in `param_shapes` order, then cast,
+    so a seed gives the same weights on every backend and in every dtype."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if is_layernorm_weight(name):
+            value = np.ones(shape)
+        elif name.endswith("bias"):
+            value = np.zeros(shape)
+        else:
+            value = rng.normal(0.0, config.initializer_range, size=shape)
+        params[name] = value.astype(dtype)
+    return params
+
+
+def init_params(config: BertConfig, seed: int = 0, backend=None, dtype: str = "float32") -> dict:
+    """`init_host_params`, moved to `backend` (default: backends.get_backend())."""
+    import backends
+
+    backend = backend if backend is not None else backends.get_backend()
+    backend.dtype(dtype)  # a clear error for float64 where the backend has none, before any work
+    return {name: backend.asarray(value, dtype=dtype)
+            for name, value in init_host_params(config, seed, dtype).items()}

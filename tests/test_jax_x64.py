@@ -1,0 +1,20 @@
+"""JAX's float64 checks, run in a child process so the global x64 flag never leaks into other tests."""
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT, X64_CHILD_ENV, backend_or_skip
+
+
+def test_float64_checks_pass_on_jax_with_x64():
+    backend_or_skip("jax")
+    env = dict(os.environ, JAX_ENABLE_X64="1", **{X64_CHILD_ENV: "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "float64 and jax",
+         "tests/test_gradcheck.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 5, summary
+    assert "failed" not in summary and "skipped" not in summary, summary
