@@ -175,7 +175,7 @@ def _erf_f64(x, xp):
 
 
 def _erf_f32(x, xp):
-    """Generic (out-of-place) float32 path; valid for any namespace."""
+    """Generic float32 path, valid for any namespace."""
     y = xp.clip(x, -_CLAMP32, _CLAMP32)
     t = y * y
     return xp.tanh(y * _poly(t, _P32))

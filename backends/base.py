@@ -81,8 +81,8 @@ class Backend:
         """Compile `fn` where a compiler exists (`kwargs` go to that compiler); else return it unchanged."""
         return fn
 
-    def synchronize(self) -> None:
-        """Wait for queued device work (for honest timing)."""
+    def synchronize(self, x=None) -> None:
+        """Wait for queued device work (and for `x`, where given) before reading a clock."""
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} device={self.device}>"

@@ -151,6 +151,18 @@ def forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
     return loss, grads
 
 
+def masked_lm_metrics(params, arrays, *, config: BertConfig, backend):
+    """Evaluation at the labelled rows (no dropout): (summed negative log-likelihood, number of correct
+    argmax predictions); padding rows (weight 0) count for neither."""
+    xp = array_namespace(params["embeddings.word"])
+    hidden, _ = encoder_forward(params, arrays["input_ids"], arrays["token_type_ids"], arrays["attention_mask"],
+                                config, backend)
+    logits, _ = head_forward(params, xp.take(hidden, arrays["positions"], axis=0), config, backend)
+    mean_nll, _ = cross_entropy_forward(logits, arrays["targets"], arrays["weights"])
+    correct = xp.astype(xp.argmax(logits, axis=-1) == arrays["targets"], arrays["weights"].dtype)
+    return mean_nll * xp.sum(arrays["weights"]), xp.sum(correct * arrays["weights"])
+
+
 def logits_all(params, input_ids, attention_mask, token_type_ids, *, config: BertConfig, backend):
     """Logits at every position, [B, T, V] (inference: no dropout)."""
     xp = array_namespace(params["embeddings.word"])

@@ -82,7 +82,7 @@ def accumulate(total, grads):
     return total
 
 
-def adamw_update(params, grads, state, step, cfg: AdamWConfig):
+def adamw_update(params, grads, state, step, cfg: AdamWConfig, skip_nonfinite: bool = False):
     """One AdamW step (decoupled weight decay, bias-corrected moments, as in torch.optim.AdamW):
 
         g <- g * min(1, clip / ||g||)                                  (global norm over all parameters)
@@ -91,12 +91,19 @@ def adamw_update(params, grads, state, step, cfg: AdamWConfig):
         p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps),   t = step + 1
 
     `step` is the 0-based update count (an int, or a 0-d array under jit). Returns (params, state, grad_norm);
-    on writeable backends the same dicts and buffers, updated in place.
+    on writeable backends the same dicts and buffers, updated in place. With `skip_nonfinite`, a step whose
+    gradient norm is inf or NaN changes nothing (the moments' decay and the learning rate are set to 0 for it).
     """
     xp = array_namespace(*params.values())
     norm = global_norm(grads)
     scale = 1.0 if cfg.clip_norm is None else xp.minimum(1.0, cfg.clip_norm / (norm + 1e-6))
     lr = learning_rate(step, cfg)
+    keep_m, keep_v = cfg.beta1, cfg.beta2
+    if skip_nonfinite:
+        finite = xp.isfinite(norm)
+        lr = xp.where(finite, lr, 0.0)
+        scale = xp.where(finite, scale, 0.0)
+        keep_m, keep_v = xp.where(finite, keep_m, 1.0), xp.where(finite, keep_v, 1.0)
     t = step + 1
     step_size = lr / (1.0 - cfg.beta1 ** t)
     v_correction = 1.0 / (1.0 - cfg.beta2 ** t)
@@ -106,11 +113,13 @@ def adamw_update(params, grads, state, step, cfg: AdamWConfig):
     sqrt_v_correction = v_correction ** 0.5
     for name, p in params.items():
         g = grads[name] * scale
+        if skip_nonfinite:
+            g = xp.where(xp.isfinite(g), g, 0.0)
         m, v = state["m"][name], state["v"][name]
-        m *= cfg.beta1
-        m += (1.0 - cfg.beta1) * g
-        v *= cfg.beta2
-        v += (1.0 - cfg.beta2) * (g * g)
+        m *= keep_m
+        m += (1.0 - keep_m) * g
+        v *= keep_v
+        v += (1.0 - keep_v) * (g * g)
         if cfg.weight_decay and not is_no_decay(name):
             p *= 1.0 - lr * cfg.weight_decay
         p -= step_size * m / (xp.sqrt(v) * sqrt_v_correction + cfg.eps)

@@ -10,12 +10,13 @@ from minibert.model import forward_backward
 from minibert.optim import AdamWConfig, accumulate, adamw_update
 
 
-def make_train_step(config: BertConfig, opt: AdamWConfig, backend):
+def make_train_step(config: BertConfig, opt: AdamWConfig, backend, skip_nonfinite: bool = False):
     """step(params, state, micro_batches, key, step_index) -> (params, state, loss, grad_norm).
 
     micro_batches: list of device batches (`minibert.batch.device_batch`) of equal shapes; their gradients
     are averaged. key: a backend random key for dropout, or None for no dropout. step_index: the 0-based
     update number (int, or a 0-d int array). loss is the mean over micro-batches; grad_norm is before clipping.
+    skip_nonfinite: a step with a non-finite gradient leaves params and state unchanged (see `adamw_update`).
     """
     def step(params, state, micro_batches, key, step_index):
         total, loss = None, 0.0
@@ -30,7 +31,7 @@ def make_train_step(config: BertConfig, opt: AdamWConfig, backend):
                 buffer = total[name]
                 buffer *= 1.0 / count
                 total[name] = buffer
-        params, state, grad_norm = adamw_update(params, total, state, step_index, opt)
+        params, state, grad_norm = adamw_update(params, total, state, step_index, opt, skip_nonfinite)
         return params, state, loss / count, grad_norm
 
     return backend.jit(step, donate_argnums=(0, 1))

@@ -1,0 +1,365 @@
+"""The training loop (host side): data, steps on any backend, evaluation, checkpoints, metrics, resume.
+
+`scripts/train.py` is a thin command line over `TrainSettings` and `train`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import backends
+from minibert import checkpoint as ckpt
+from minibert.batch import check_batch, device_batch, padded_count
+from minibert.config import PRESETS, BertConfig
+from minibert.corpus import load_corpus_files, load_default_corpus
+from minibert.data import IGNORE_LABEL, MLMBatcher, build_datasets
+from minibert.model import compiled, masked_lm_metrics
+from minibert.optim import AdamWConfig, init_state, learning_rate
+from minibert.params import init_host_params
+from minibert.step import make_train_step
+from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
+
+DTYPES = ("float32", "float64")
+EVAL_SEED = 1234            # held-out masking is drawn once from this seed, the same in every evaluation
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a run depends on. Field names are the command-line flags (with - for _)."""
+
+    backend: str | None = None
+    config: str = "seed"
+    corpus: tuple[str, ...] = ()
+    vocab_size: int = 8192
+    steps: int = 1500
+    batch_size: int = 32
+    seq_len: int = 64
+    accum_steps: int = 1
+    lr: float = 1e-3
+    warmup: int | None = None      # None = 10% of steps
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    dropout: float = 0.1
+    seed: int = 0
+    eval_every: int = 250
+    eval_batches: int = 0          # 0 = the whole held-out split
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    dtype: str = "float32"
+    out: str | None = None
+    resume: str | None = None
+    resume_fallback: bool = False
+    init_from: str | None = None
+    skip_nonfinite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise on a bad value, naming the flag, before any work starts."""
+        positive = ("vocab_size", "steps", "batch_size", "accum_steps", "eval_every", "save_every",
+                    "keep_checkpoints")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive int, got {value!r}")
+        if not isinstance(self.seq_len, int) or self.seq_len < 5:
+            raise ValueError(f"--seq-len must be an int >= 5 ([CLS] a [SEP] b [SEP]), got {self.seq_len!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative int, got {self.seed!r}")
+        if self.eval_batches < 0:
+            raise ValueError(f"--eval-batches must be >= 0 (0 = all), got {self.eval_batches!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.config not in PRESETS:
+            raise ValueError(f"--config: unknown preset {self.config!r}; allowed: {', '.join(PRESETS)}")
+        if self.warmup is not None and not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"--warmup must be in [0, --steps={self.steps}], got {self.warmup!r}")
+        if self.resume and self.init_from:
+            raise ValueError("--resume and --init-from cannot be used together: a resumed run already has weights")
+        self.optimizer()
+
+    def optimizer(self) -> AdamWConfig:
+        warmup = self.steps // 10 if self.warmup is None else self.warmup
+        return AdamWConfig(lr=self.lr, warmup_steps=warmup, total_steps=self.steps,
+                           weight_decay=self.weight_decay, clip_norm=self.clip_norm)
+
+
+# settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
+RESUME_FIXED = ("config", "corpus", "vocab_size", "batch_size", "seq_len", "accum_steps", "lr", "warmup",
+                "weight_decay", "clip_norm", "dropout", "seed", "dtype", "steps", "init_from")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient."""
+
+
+@dataclass
+class Data:
+    tokenizer: WordPieceTokenizer
+    train: MLMBatcher
+    heldout: MLMBatcher
+    baseline_token: int
+    baseline_accuracy: float
+
+
+def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
+    """Corpus -> tokenizer (trained and cached, or the run's own vocab.txt) -> packed, masked batches."""
+    train_docs, heldout_docs = (load_corpus_files(list(settings.corpus)) if settings.corpus
+                                else load_default_corpus())
+    tokenizer = (WordPieceTokenizer.from_vocab(str(vocab_path)) if vocab_path is not None
+                 else train_wordpiece(train_docs, settings.vocab_size))
+    train_seqs, heldout_seqs = build_datasets(train_docs, heldout_docs, tokenizer, settings.seq_len, settings.seed)
+    if len(heldout_seqs["input_ids"]) == 0:
+        raise ValueError("the corpus is too small: its held-out part gives no sequence of "
+                         f"--seq-len={settings.seq_len}; add text or use a shorter --seq-len")
+    train = MLMBatcher(train_seqs, settings.batch_size, tokenizer.vocab_size, settings.seed)
+    eval_batch = min(settings.batch_size, len(heldout_seqs["input_ids"]))
+    heldout = MLMBatcher(heldout_seqs, eval_batch, tokenizer.vocab_size, EVAL_SEED, shuffle=False, drop_last=False)
+    counts = np.bincount(train_seqs["input_ids"].reshape(-1), minlength=tokenizer.vocab_size)
+    counts[list(tokenizer.special_ids)] = 0
+    baseline_token = int(np.argmax(counts))
+    labels = np.concatenate([heldout.batch(0, i)["labels"].reshape(-1) for i in range(heldout.batches_per_epoch)])
+    labels = labels[labels != IGNORE_LABEL]
+    return Data(tokenizer, train, heldout, baseline_token, float(np.mean(labels == baseline_token)))
+
+
+def evaluate(params, data: Data, config: BertConfig, backend, max_batches: int = 0) -> dict:
+    """Held-out masked-LM loss, perplexity and accuracy (fixed masking), beside the most-frequent-token baseline."""
+    metrics_fn = compiled(masked_lm_metrics, config, backend)
+    dtype = params["embeddings.word"].dtype
+    total_nll = total_correct = total_count = 0.0
+    count = data.heldout.batches_per_epoch if max_batches == 0 else min(max_batches, data.heldout.batches_per_epoch)
+    for i in range(count):
+        batch = check_batch(data.heldout.batch(0, i), config)
+        nll, correct = metrics_fn(params, device_batch(batch, backend, dtype))
+        total_nll += float(backend.to_numpy(nll))
+        total_correct += float(backend.to_numpy(correct))
+        total_count += float(np.sum(batch["labels"] != IGNORE_LABEL))
+    loss = total_nll / total_count
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0)),
+            "eval_accuracy": total_correct / total_count, "baseline_accuracy": data.baseline_accuracy,
+            "eval_tokens": int(total_count)}
+
+
+def plot_metrics(run_dir: Path) -> None:
+    """loss.png: training loss (and its running mean) and held-out loss against step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        steps, losses = map(np.asarray, zip(*train))
+        ax.plot(steps, losses, color="0.75", linewidth=0.8, label="train loss")
+        window = max(1, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color="C0", label=f"train loss ({window}-step mean)")
+    if evals:
+        ax.plot(*zip(*evals), "o-", color="C1", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("masked-LM cross-entropy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (so a checkpoint can be written)."""
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric records after `step` (written after the checkpoint being resumed)."""
+    path = run_dir / METRICS
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        ckpt.atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _prepare_run(settings: TrainSettings):
+    """(run_dir, settings, model config or None, vocab path or None, resume checkpoint or None), all checked."""
+    if settings.resume:
+        run_dir = Path(settings.resume)
+        saved = ckpt.read_run_config(run_dir)
+        path, sidecar = ckpt.latest_checkpoint(run_dir, fallback=settings.resume_fallback)
+        mismatched = {k: (saved["training"][k], getattr(settings, k)) for k in RESUME_FIXED
+                      if k in saved["training"] and _jsonable(getattr(settings, k)) != saved["training"][k]}
+        if mismatched:
+            detail = ", ".join(f"--{k.replace('_', '-')}: run has {a!r}, asked {b!r}" for k, (a, b) in mismatched.items())
+            raise ckpt.CheckpointError(f"cannot resume {run_dir}: settings differ from the run's ({detail}); "
+                                       "pass the run's own settings or leave them out")
+        return run_dir, BertConfig.from_dict(saved["model"]), run_dir / "vocab.txt", (path, sidecar)
+    run_dir = Path(settings.out or time.strftime("runs/%Y%m%d-%H%M%S"))
+    if (run_dir / ckpt.LATEST).exists():
+        raise FileExistsError(f"--out {run_dir} already holds a run; use --resume {run_dir} or another --out")
+    if settings.init_from:
+        from minibert.hf import from_transformers
+        config, _ = from_transformers(settings.init_from)
+        vocab = Path(settings.init_from) / "vocab.txt"
+        if not vocab.exists():
+            raise FileNotFoundError(f"--init-from {settings.init_from} has no vocab.txt")
+        return run_dir, config, vocab, None
+    return run_dir, None, None, None
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def resume_settings(run_dir, **overrides) -> TrainSettings:
+    """The saved settings of a run, with `overrides` (for `--resume DIR` given alone)."""
+    saved = ckpt.read_run_config(run_dir)["training"]
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    values = {k: (tuple(v) if k == "corpus" else v) for k, v in saved.items() if k in fields}
+    values.update(overrides, resume=str(run_dir))
+    return TrainSettings(**values)
+
+
+def train(settings: TrainSettings, log=print) -> dict:
+    """Run (or resume) training; returns the final metrics. Writes config.json, vocab.txt, checkpoints,
+    metrics.jsonl and loss.png into the run directory."""
+    settings.validate()
+    backend = backends.get_backend(settings.backend)
+    backend.dtype(settings.dtype)
+    run_dir, config, vocab_path, resume_from = _prepare_run(settings)
+    data = load_data(settings, vocab_path)
+    if config is None:
+        config = BertConfig.preset(settings.config, vocab_size=data.tokenizer.vocab_size,
+                                   hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
+    if config.vocab_size != data.tokenizer.vocab_size:
+        raise ValueError(f"the model's vocab_size={config.vocab_size} does not match the tokenizer's "
+                         f"{data.tokenizer.vocab_size} tokens")
+    if settings.seq_len > config.max_position:
+        raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
+                         f"{config.max_position}; allowed: 5..{config.max_position}")
+
+    if resume_from is not None:
+        path, sidecar = resume_from
+        host_params, host_state = ckpt.load_checkpoint(path)
+        start = sidecar["step"]
+        data.train.load_state_dict(sidecar["batcher"])
+        _truncate_metrics(run_dir, start)
+        log(f"resuming {run_dir} from {path.name} (step {start})")
+    else:
+        if settings.init_from:
+            from minibert.hf import from_transformers
+            _, host_params = from_transformers(settings.init_from)
+            host_params = {k: v.astype(settings.dtype) for k, v in host_params.items()}
+        else:
+            host_params = init_host_params(config, settings.seed, settings.dtype)
+        host_state, start = None, 0
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_json(run_dir / ckpt.RUN_CONFIG, {
+            "model": config.to_dict(), "training": {k: _jsonable(v) for k, v in dataclasses.asdict(settings).items()},
+            "backend": backend.name, "baseline_token": data.tokenizer.id_to_token(data.baseline_token)})
+        data.tokenizer.save_vocab(str(run_dir / "vocab.txt"))
+        (run_dir / METRICS).write_text("")
+
+    params = {k: backend.asarray(v, dtype=settings.dtype) for k, v in host_params.items()}
+    state = (init_state(params, backend) if host_state is None else
+             {s: {k: backend.asarray(v, dtype=settings.dtype) for k, v in host_state[s].items()} for s in ("m", "v")})
+    opt = settings.optimizer()
+    step_fn = make_train_step(config, opt, backend, skip_nonfinite=settings.skip_nonfinite)
+    base_key = backend.key(settings.seed)
+    tokens_per_step = settings.batch_size * settings.seq_len * settings.accum_steps
+    dtype = params["embeddings.word"].dtype
+
+    def save(step):
+        path = ckpt.save_checkpoint(
+            run_dir, step, {k: backend.to_numpy(v) for k, v in params.items()},
+            {s: {k: backend.to_numpy(v) for k, v in state[s].items()} for s in ("m", "v")},
+            {"batcher": data.train.state_dict()}, keep=settings.keep_checkpoints)
+        return path
+
+    def run_eval(step):
+        record = {"step": step, **evaluate(params, data, config, backend, settings.eval_batches)}
+        _append_metrics(run_dir, record)
+        return record
+
+    from tqdm import tqdm
+    progress = tqdm(total=settings.steps, initial=start, disable=not settings.progress, unit="step",
+                    dynamic_ncols=True)
+    skipped, last_eval, result = 0, None, {}
+    with StopRequested() as stop:
+        try:
+            for step in range(start, settings.steps):
+                started = time.perf_counter()
+                micro = [check_batch(next(data.train), config) for _ in range(settings.accum_steps)]
+                rows = max(padded_count(int(np.sum(b["labels"] != IGNORE_LABEL))) for b in micro)
+                arrays = [device_batch(b, backend, dtype, rows) for b in micro]
+                key = backend.fold_in(base_key, step) if settings.dropout > 0 else None
+                params, state, loss, grad_norm = step_fn(params, state, arrays, key, step)
+                loss, grad_norm = float(backend.to_numpy(loss)), float(backend.to_numpy(grad_norm))
+                elapsed = time.perf_counter() - started
+                finite = math.isfinite(loss) and math.isfinite(grad_norm)
+                skipped += not finite
+                record = {"step": step + 1, "loss": loss, "lr": float(learning_rate(step, opt)),
+                          "grad_norm": grad_norm, "tokens_per_s": tokens_per_step / elapsed}
+                if settings.skip_nonfinite:
+                    record["skipped_nonfinite"] = skipped
+                _append_metrics(run_dir, record)
+                if not finite and not settings.skip_nonfinite:
+                    raise NonFiniteError(
+                        f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step + 1} "
+                        f"(loss={loss}, grad_norm={grad_norm}); stopped without saving, so the last good "
+                        f"checkpoint in {run_dir} is kept. Lower --lr, or pass --skip-nonfinite to skip such steps.")
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
+                done = step + 1
+                if done % settings.eval_every == 0 and done < settings.steps:
+                    last_eval = run_eval(done)
+                    progress.write(f"step {done}: held-out loss {last_eval['eval_loss']:.3f}, "
+                                   f"accuracy {last_eval['eval_accuracy']:.3f}")
+                if done % settings.save_every == 0 or done == settings.steps:
+                    save(done)
+                if stop.signal_name and done < settings.steps:
+                    path = save(done)
+                    progress.close()
+                    log(f"{stop.signal_name} received: saved {path} at step {done}. "
+                        f"Resume with: python scripts/train.py --resume {run_dir}")
+                    return {"step": done, "interrupted": stop.signal_name, "run_dir": str(run_dir)}
+        finally:
+            progress.close()
+            if (run_dir / METRICS).exists():
+                plot_metrics(run_dir)
+    last_eval = run_eval(settings.steps)
+    plot_metrics(run_dir)
+    result = {"step": settings.steps, "run_dir": str(run_dir), **last_eval}
+    log(f"done: {run_dir}  held-out loss {last_eval['eval_loss']:.3f}  perplexity {last_eval['eval_perplexity']:.1f}"
+        f"  accuracy {last_eval['eval_accuracy']:.3f} (most-frequent-token baseline "
+        f"{last_eval['baseline_accuracy']:.3f})")
+    return result

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Pretrain a BERT masked-LM from scratch, on any backend, with no download.
+
+    python scripts/train.py                                  # numpy (or $MINIBERT_BACKEND), `seed` preset,
+                                                             # the embedded corpus, about 8 minutes on 2 cores
+    MINIBERT_BACKEND=jax python scripts/train.py --config mini --seq-len 128
+    python scripts/train.py --resume runs/20261127-120000    # continue a stopped run exactly
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minibert.config import PRESETS  # noqa: E402
+from minibert.trainer import TrainSettings, resume_settings, train  # noqa: E402
+
+DEFAULTS = TrainSettings()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d = DEFAULTS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--backend", help="array backend: numpy, jax, cupy, strict, torch "
+                   "(default: $MINIBERT_BACKEND, else numpy)")
+    p.add_argument("--config", help=f"model size preset: {', '.join(PRESETS)} (default {d.config})")
+    p.add_argument("--corpus", nargs="+", metavar="PATH",
+                   help="UTF-8 text files or globs to train on (default: the embedded corpus of Python's docs)")
+    p.add_argument("--vocab-size", type=int, help=f"WordPiece vocabulary to train (default {d.vocab_size})")
+    p.add_argument("--steps", type=int, help=f"optimizer updates (default {d.steps})")
+    p.add_argument("--batch-size", type=int, help=f"sequences per micro-batch (default {d.batch_size})")
+    p.add_argument("--seq-len", type=int, help=f"tokens per sequence, [CLS] A [SEP] B [SEP] (default {d.seq_len})")
+    p.add_argument("--accum-steps", type=int, help=f"micro-batches accumulated per update (default {d.accum_steps})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps, then linear decay to 0 (default: 10%% of --steps)")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {d.weight_decay})")
+    p.add_argument("--clip-norm", type=float, help=f"global gradient-norm clipping (default {d.clip_norm})")
+    p.add_argument("--dropout", type=float, help=f"hidden and attention dropout (default {d.dropout})")
+    p.add_argument("--seed", type=int, help=f"seed for weights, data order, masking and dropout (default {d.seed})")
+    p.add_argument("--eval-every", type=int, help=f"evaluate on the held-out split every N steps (default {d.eval_every})")
+    p.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (default 0 = all)")
+    p.add_argument("--save-every", type=int, help=f"write a checkpoint every N steps (default {d.save_every})")
+    p.add_argument("--keep-checkpoints", type=int, help=f"checkpoints kept (default {d.keep_checkpoints})")
+    p.add_argument("--dtype", help=f"float32 or float64 (default {d.dtype})")
+    p.add_argument("--out", help="run directory to create (default runs/<date-time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    p.add_argument("--resume-fallback", action="store_true",
+                   help="with --resume: if the latest checkpoint is corrupted, use the newest older one that verifies")
+    p.add_argument("--init-from", metavar="HF_DIR",
+                   help="start from a local transformers BERT checkpoint directory (config.json, "
+                        "model.safetensors, vocab.txt) instead of random weights")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip steps with a non-finite loss or gradient (counted in metrics) instead of stopping")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    given = vars(args)
+    if "corpus" in given:
+        given["corpus"] = tuple(given["corpus"])
+    if "resume" in given:
+        return resume_settings(given.pop("resume"), **given)
+    return dataclasses.replace(DEFAULTS, **given)
+
+
+def main(argv=None) -> int:
+    try:
+        settings = settings_from_args(parse_args(argv))
+        result = train(settings)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 130 if result.get("interrupted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
