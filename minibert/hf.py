@@ -231,12 +231,15 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: BertCon
     """Mini-BERT parameters (NumPy, `param_shapes` order) from a transformers `BertForMaskedLM` state dict of
     host arrays. The same linear map converts gradients (transformers' grads -> Mini-BERT's layout).
 
-    cls.predictions.decoder.weight, when present, must equal the word embeddings (Mini-BERT ties them), and
-    cls.predictions.decoder.bias must equal cls.predictions.bias. Pooler and next-sentence tensors are skipped;
-    any other missing, extra or misshapen tensor is a ValueError naming it. `dtype` None keeps the stored one.
+    cls.predictions.decoder.weight, when present, must equal the word embeddings (Mini-BERT ties them). The
+    decoder bias is cls.predictions.decoder.bias when present (the one forward adds), else cls.predictions.bias.
+    Pooler and next-sentence tensors are skipped; any other missing, extra or misshapen tensor is a ValueError
+    naming it. `dtype` None keeps the stored one.
     """
     tensors = {_legacy_name(name): np.asarray(value) for name, value in state_dict.items()}
-    if _HEAD_BIAS not in tensors and _DECODER_BIAS in tensors:
+    if _DECODER_BIAS in tensors:
+        # the bias the MLM head adds is the decoder's (nn.Linear) own; cls.predictions.bias is the same parameter in
+        # a tied model, and unused by forward in an untied one
         tensors[_HEAD_BIAS] = tensors[_DECODER_BIAS]
     expected = transformers_shapes(config)
     ignorable = {_DECODER_WEIGHT, _DECODER_BIAS, *_UNUSED_NAMES}
@@ -254,13 +257,12 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: BertCon
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} for this "
                              "config")
-    for tied, source in ((_DECODER_WEIGHT, _WORD), (_DECODER_BIAS, _HEAD_BIAS)):
-        if tied in tensors and not np.array_equal(tensors[tied], tensors[source]):
-            what = ("tensors have different shapes" if tensors[tied].shape != tensors[source].shape else
-                    f"max difference {float(np.max(np.abs(tensors[tied].astype(np.float64) - tensors[source])))}")
-            raise ValueError(f"{tied} differs from {source} ({what}): Mini-BERT ties the MLM decoder to the word "
-                             "embeddings (and its bias to cls.predictions.bias), so an untied checkpoint cannot "
-                             "be represented")
+    decoder = tensors.get(_DECODER_WEIGHT)
+    if decoder is not None and not np.array_equal(decoder, tensors[_WORD]):
+        what = ("shape " + str(tuple(decoder.shape)) if decoder.shape != tensors[_WORD].shape else
+                f"max difference {float(np.max(np.abs(decoder.astype(np.float64) - tensors[_WORD])))}")
+        raise ValueError(f"{_DECODER_WEIGHT} differs from {_WORD} ({what}): Mini-BERT ties the MLM decoder to the "
+                         "word embeddings, so an untied checkpoint cannot be represented")
 
     def cast(array):
         return np.ascontiguousarray(array if dtype is None else array.astype(dtype, copy=False))

@@ -68,6 +68,7 @@ class WordPieceTokenizer:
         self._ids = ids
         self._tokenizer = _bert_tokenizer(models.WordPiece(ids, unk_token="[UNK]",
                                                            max_input_chars_per_word=MAX_WORD_CHARS))
+        self._tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # "[MASK]" in text is the mask token
 
     @classmethod
     def from_vocab(cls, path: str) -> "WordPieceTokenizer":
@@ -79,7 +80,8 @@ class WordPieceTokenizer:
         _write_atomically(path, self._tokens)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without [CLS]/[SEP]."""
+        """Token ids of `text`, without added [CLS]/[SEP]; special tokens written in the text ("[MASK]")
+        become their ids, as in transformers' BertTokenizerFast."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
