@@ -38,8 +38,7 @@ class NumpyBackend(Backend):
         return key + (int(data),)
 
     def uniform(self, key, shape, dtype):
-        return np.random.Generator(np.random.Philox(np.random.SeedSequence(key))).random(
-            shape, dtype=self.dtype(dtype))
+        return np.random.default_rng(np.random.SeedSequence(key)).random(shape, dtype=self.dtype(dtype))
 
 
 def create() -> Backend:

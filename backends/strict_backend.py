@@ -41,7 +41,7 @@ class StrictBackend(Backend):
 
     def uniform(self, key, shape, dtype):
         dtype = self.dtype(dtype)
-        host = np.random.Generator(np.random.Philox(np.random.SeedSequence(key))).random(shape)
+        host = np.random.default_rng(np.random.SeedSequence(key)).random(shape)
         return self.xp.asarray(host, dtype=dtype)
 
 

@@ -67,7 +67,9 @@ def attention_backward(dy, cache):
     d_scores = softmax_backward(dropout_backward(d_dropped, drop_mask), probs)
     dq = (d_scores @ k) * (1.0 / math.sqrt(head))
     dk = xp.matrix_transpose(d_scores) @ q
-    d_qkv = xp.reshape(xp.permute_dims(xp.stack([dq, dk, dv]), (1, 3, 0, 2, 4)), (batch * seq, 3 * hidden))
+    # [B, A, T, D] each -> stacked as [B, T, 3, A, D] in one copy, which is [B*T, 3H] in the fused layout
+    d_qkv = xp.reshape(xp.stack([xp.permute_dims(d, (0, 2, 1, 3)) for d in (dq, dk, dv)], axis=2),
+                       (batch * seq, 3 * hidden))
     dx, d_weight_qkv, d_bias_qkv = linear_backward(d_qkv, x_cache, weight_qkv)
     return dx, {"qkv.weight": d_weight_qkv, "qkv.bias": d_bias_qkv,
                 "out.weight": d_weight_out, "out.bias": d_bias_out}

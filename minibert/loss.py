@@ -9,7 +9,7 @@ def cross_entropy_forward(logits, labels, weights):
 
     logits z [N, V], labels y [N] int, weights w [N] (1 for a real label, 0 for padding rows).
     logsumexp is taken after subtracting the row max, so it never overflows.
-    Cache (softmax(z) [N, V], labels, w / sum(w)).
+    Cache (softmax(z) [N, V], flat indices n * V + y_n of the targets, w / sum(w)).
     """
     xp = array_namespace(logits)
     num_rows, vocab = logits.shape
@@ -21,13 +21,16 @@ def cross_entropy_forward(logits, labels, weights):
     target_logit = xp.take(xp.reshape(logits, (-1,)), flat_target)      # z_n[y_n], [N]
     norm_weights = weights / xp.sum(weights)
     loss = xp.sum(norm_weights * (log_z[:, 0] - target_logit))
-    return loss, (exp_shifted / sum_exp, labels, norm_weights)
+    return loss, (exp_shifted / sum_exp, flat_target, norm_weights)
 
 
-def cross_entropy_backward(cache):
-    """dz_n = (softmax(z_n) - onehot(y_n)) * w_n / sum(w)   (for dLoss = 1)."""
-    probs, labels, norm_weights = cache
+def cross_entropy_backward(cache, backend):
+    """dz_n = (softmax(z_n) - onehot(y_n)) * w_n / sum(w)   (for dLoss = 1).
+
+    The one-hot term touches one entry per row, so it is a scatter-add of -w_n / sum(w) at the N flat
+    target indices rather than an [N, V] one-hot matrix."""
+    probs, flat_target, norm_weights = cache
     xp = array_namespace(probs)
-    vocab = probs.shape[1]
-    one_hot = xp.astype(labels[:, None] == xp.arange(vocab, dtype=labels.dtype)[None, :], probs.dtype)
-    return (probs - one_hot) * norm_weights[:, None]
+    d_logits = xp.reshape(probs * norm_weights[:, None], (-1, 1))
+    d_logits = backend.scatter_add(d_logits, flat_target, -norm_weights[:, None])
+    return xp.reshape(d_logits, probs.shape)

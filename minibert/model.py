@@ -144,7 +144,7 @@ def forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
     logits, head_cache = head_forward(params, rows, config, backend)
     loss, loss_cache = cross_entropy_forward(logits, arrays["targets"], arrays["weights"])
     grads = {}
-    d_rows = head_backward(cross_entropy_backward(loss_cache), head_cache, params, grads)
+    d_rows = head_backward(cross_entropy_backward(loss_cache, backend), head_cache, params, grads)
     d_hidden = backend.scatter_add(xp.zeros(hidden.shape, dtype=hidden.dtype, device=backend.device),
                                    arrays["positions"], d_rows)
     encoder_backward(d_hidden, caches, params, config, backend, grads)

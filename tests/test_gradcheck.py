@@ -166,7 +166,7 @@ def _cross_entropy(backend, rng):
 
     def backward(a, dy):
         cache = cross_entropy_forward(a["z"], backend.asarray(labels), backend.asarray(weights, dtype="float64"))[1]
-        return {"z": cross_entropy_backward(cache) * dy}
+        return {"z": cross_entropy_backward(cache, backend) * dy}
     return inputs, forward, backward, ()
 
 
