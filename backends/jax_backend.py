@@ -14,6 +14,10 @@ class JaxBackend(Backend):
         self._jax = jax
         self.xp = jax.numpy
         self.device = jax.devices()[0]
+        if self.device.platform == "gpu":
+            # float32 matmuls on NVIDIA GPUs default to TF32 in XLA (10-bit mantissa); ask for true float32,
+            # as PyTorch does by default, so results match the CPU backends and transformers.
+            jax.config.update("jax_default_matmul_precision", "highest")
 
     @property
     def supports_float64(self) -> bool:

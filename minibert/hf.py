@@ -411,6 +411,11 @@ def from_transformers(model_or_dir, dtype: str = "float32") -> tuple[BertConfig,
                 folder, local_files_only=True, output_loading_info=True, dtype="float32")
             if info["missing_keys"]:
                 raise ValueError(f"{folder}: the checkpoint is missing {_listing(info['missing_keys'])}")
+            unknown = [name for name in info["unexpected_keys"]
+                       if not name.startswith(_UNUSED_PREFIXES) and name not in _UNUSED_NAMES]
+            if unknown:       # transformers drops these silently; a layer too many is not a checkpoint we read
+                raise ValueError(f"{folder}: the checkpoint has tensor(s) a BertForMaskedLM with this config does "
+                                 f"not have: {_listing(unknown)}")
             tensors = _state_dict_of(model)
         if not hf_fields.get("tie_word_embeddings", True) and _DECODER_WEIGHT not in tensors:
             raise ValueError(f"{folder}: config.json says tie_word_embeddings=false but the checkpoint has no "

@@ -71,7 +71,8 @@ def encoder_forward(params, input_ids, token_type_ids, attention_mask, config: B
 def encoder_backward(d_hidden, caches, params, config: BertConfig, backend, grads):
     """dL/d(final hidden) [B*T, H] -> adds every encoder and embedding gradient into `grads`.
 
-    `grads["embeddings.word"]` may already hold the decoder's contribution; the input gather's is added to it.
+    `grads["embeddings.word"]` may already hold the decoder's contribution; the input gather's is added to it,
+    except at the [PAD] row (`config.pad_token_id`), which the lookup never trains (transformers' padding_idx).
     """
     xp = array_namespace(d_hidden)
     dh = d_hidden
@@ -101,7 +102,9 @@ def encoder_backward(d_hidden, caches, params, config: BertConfig, backend, grad
         backend)
     if "embeddings.word" not in grads:
         grads["embeddings.word"] = xp.zeros(word.shape, dtype=word.dtype, device=backend.device)
-    grads["embeddings.word"] = embedding_backward(d_summed, ids, grads["embeddings.word"], backend)
+    # as nn.Embedding(padding_idx=pad_token_id) in BERT: the [PAD] row gets no gradient from the lookup
+    not_pad = xp.astype(ids != config.pad_token_id, d_summed.dtype)[:, None]
+    grads["embeddings.word"] = embedding_backward(d_summed * not_pad, ids, grads["embeddings.word"], backend)
     return grads
 
 

@@ -55,7 +55,7 @@ def is_no_decay(name: str) -> bool:
 
 def init_host_params(config: BertConfig, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
     """BERT's initialisation on the host: weights and embeddings ~ N(0, initializer_range^2), biases 0,
-    LayerNorm weights 1. Drawn in float64 from one seeded generator in `param_shapes` order, then cast,
+    LayerNorm weights 1, the [PAD] word embedding 0. Drawn in float64 from one seeded generator in `param_shapes` order, then cast,
     so a seed gives the same weights on every backend and in every dtype."""
     rng = np.random.default_rng(seed)
     params = {}
@@ -67,6 +67,7 @@ def init_host_params(config: BertConfig, seed: int = 0, dtype: str = "float32") 
         else:
             value = rng.normal(0.0, config.initializer_range, size=shape)
         params[name] = value.astype(dtype)
+    params["embeddings.word"][config.pad_token_id] = 0.0   # the [PAD] embedding starts at 0, as in BERT
     return params
 
 

@@ -22,8 +22,9 @@ from minibert.hf import INTEROP_HINT, from_transformers, to_transformers  # noqa
 
 
 def verify(out_dir: str, config, params, seed: int = 0) -> tuple[float, bool]:
-    """(largest |logit difference|, whether within float32 rounding: rtol = atol = 1e-4) between transformers' BertForMaskedLM loaded from `out_dir` and Mini-BERT (NumPy
-    backend) on a random padded batch; raises if the export does not load cleanly or does not round-trip."""
+    """Compare transformers' BertForMaskedLM loaded from `out_dir` with Mini-BERT (NumPy backend) on a random
+    padded batch: (largest |logit difference|, whether within float32 rounding: rtol = atol = 1e-4). Exits if the
+    export does not load cleanly or does not read back bit-identical."""
     try:
         import torch
         import transformers
@@ -69,13 +70,18 @@ def main(argv=None) -> int:
 
     from minibert.checkpoint import load_latest_params
 
-    config, params = load_latest_params(args.run_dir)
-    vocab = None
-    if not args.no_vocab:
-        vocab = os.path.join(args.run_dir, "vocab.txt")
-        if not os.path.isfile(vocab):
-            parser.error(f"{vocab} not found (pass --no-vocab to export the weights without a tokenizer)")
-    to_transformers(params, config, args.out_dir, vocab=vocab)
+    try:
+        config, params = load_latest_params(args.run_dir)
+        vocab = None
+        if not args.no_vocab:
+            vocab = os.path.join(args.run_dir, "vocab.txt")
+            if not os.path.isfile(vocab):
+                raise FileNotFoundError(f"{vocab} not found (pass --no-vocab to export the weights without a "
+                                        "tokenizer)")
+        to_transformers(params, config, args.out_dir, vocab=vocab)
+    except (OSError, ValueError, TypeError) as exc:      # a missing/corrupt run, or params that do not fit
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out_dir}: {config.num_layers} layers, hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}" + ("" if vocab else " (no tokenizer)"))
     if args.verify:

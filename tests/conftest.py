@@ -39,9 +39,10 @@ def float64_backend(request):
 
 def random_batch(rng, config, batch=2, seq=7, pad=2, label_rate=0.4):
     """A small host batch with padding at the end of the last row, both token types and some labels."""
-    input_ids = rng.integers(0, config.vocab_size, (batch, seq), dtype=np.int32)
+    input_ids = rng.integers(1, config.vocab_size, (batch, seq), dtype=np.int32)  # from 1: no attended [PAD] (id 0)
     attention_mask = np.ones((batch, seq), np.int32)
     attention_mask[-1, seq - pad:] = 0
+    input_ids[-1, seq - pad:] = config.pad_token_id
     token_type_ids = np.zeros((batch, seq), np.int32)
     token_type_ids[:, seq // 2:] = 1
     labels = np.where(rng.random((batch, seq)) < label_rate, rng.integers(0, config.vocab_size, (batch, seq)), -100)
