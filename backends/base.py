@@ -59,8 +59,9 @@ class Backend:
     def scatter_add(self, table, indices, updates):
         """table[indices[i]] += updates[i] along axis 0, accumulating duplicate indices.
 
-        `indices` is 1-D int [N], `updates` is [N, ...]. Returns the result; where `inplace` is True it is
-        `table` itself, updated.
+        `indices` is 1-D int [N], `updates` is [N, ...]. Returns the result: `table` itself, updated in place,
+        on numpy, cupy and torch; a new array on jax (immutable) and strict (a one-hot product). Always use the
+        returned array.
         """
         raise NotImplementedError
 

@@ -28,7 +28,9 @@ def attention_forward(x, weight_qkv, bias_qkv, weight_out, bias_out, bias_mask, 
         c = p' v                                          [B, A, T, D] -> heads concatenated [B*T, H]
         y = c Wo + bo
 
-    bias_mask [B, 1, 1, T] comes from `mask_bias`. Returns y [B*T, H] and the cache for backward.
+    Weights: Wqkv [H, 3H] (Q | K | V columns), bqkv [3H], Wo [H, H], bo [H]. bias_mask [B, 1, 1, T] comes from
+    `mask_bias`. Returns y [B*T, H] and the cache for backward: (x, q / sqrt(D), k, v, p, p', dropout mask,
+    c, Wqkv, Wo), with q, k, v [B, A, T, D] and p, p' [B, A, T, T].
     """
     xp = array_namespace(x)
     batch, seq = bias_mask.shape[0], bias_mask.shape[-1]
@@ -54,7 +56,9 @@ def attention_backward(dy, cache):
         dq = ds k / sqrt(D);  dk = ds^T (q / sqrt(D))
         d[q k v] -> dx = d[qkv] Wqkv^T;  dWqkv = x^T d[qkv];  dbqkv = sum d[qkv]
 
-    Returns dx [B*T, H] and a dict of parameter gradients (qkv.weight, qkv.bias, out.weight, out.bias).
+    Shapes: dc [B*T, H] -> [B, A, T, D]; dp', dp, ds [B, A, T, T]; dq, dk, dv [B, A, T, D], re-stacked into the
+    fused layout d[qkv] [B*T, 3H]. Returns dx [B*T, H] and a dict of parameter gradients (qkv.weight [H, 3H],
+    qkv.bias [3H], out.weight [H, H], out.bias [H]).
     """
     xp = array_namespace(dy)
     x_cache, q, k, v, probs, dropped, drop_mask, context_cache, weight_qkv, weight_out = cache

@@ -25,7 +25,7 @@ def cross_entropy_forward(logits, labels, weights):
 
 
 def cross_entropy_backward(cache, backend):
-    """dz_n = (softmax(z_n) - onehot(y_n)) * w_n / sum(w)   (for dLoss = 1).
+    """dz_n = (softmax(z_n) - onehot(y_n)) * w_n / sum(w)   (for dLoss = 1); returns dz [N, V].
 
     The one-hot term touches one entry per row, so it is a scatter-add of -w_n / sum(w) at the N flat
     target indices rather than an [N, V] one-hot matrix."""

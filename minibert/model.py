@@ -28,6 +28,7 @@ def _site_key(key, site, backend):
 
 
 def _add_grads(grads, prefix, named):
+    """grads[prefix + name] = value for each entry of `named` (a sub-layer's gradients under their full names)."""
     for name, value in named.items():
         grads[prefix + name] = value
 
@@ -35,7 +36,14 @@ def _add_grads(grads, prefix, named):
 # --- encoder ---------------------------------------------------------------------------------------------
 
 def encoder_forward(params, input_ids, token_type_ids, attention_mask, config: BertConfig, backend, key=None):
-    """Token ids [B, T] -> final hidden states [B*T, H], and the cache for `encoder_backward`."""
+    """Token ids [B, T] -> final hidden states [B*T, H], and the cache for `encoder_backward`.
+
+        e = word[ids] + position[t] + token_type[types];  h = dropout(LN(e))
+        layer i:  a = LN(h + dropout(Attention(h)));  h = LN(a + dropout(GELU(a W1 + b1) W2 + b2))
+
+    Dropout sites draw from fold_in(key, site): 0 for the embeddings, 3i+1 (attention probabilities),
+    3i+2 (attention output) and 3i+3 (feed-forward output) for layer i.
+    """
     xp = array_namespace(params["embeddings.word"])
     batch, seq = input_ids.shape
     hidden = config.hidden_size
@@ -71,6 +79,10 @@ def encoder_forward(params, input_ids, token_type_ids, attention_mask, config: B
 def encoder_backward(d_hidden, caches, params, config: BertConfig, backend, grads):
     """dL/d(final hidden) [B*T, H] -> adds every encoder and embedding gradient into `grads`.
 
+    Each layer in reverse: LayerNorm backward, the residual adds the gradient of its input to both branches
+    (d_a = d(FFN input) + d_sum; dh = d(attention input) + d_sum). Embeddings: d e = LN backward of dh;
+    d position[t] = sum over the batch of d e[b, t] (rows t >= T get 0); d token_type = scatter-add of d e at
+    the type ids; d word = scatter-add of d e at the token ids.
     `grads["embeddings.word"]` may already hold the decoder's contribution; the input gather's is added to it,
     except at the [PAD] row (`config.pad_token_id`), which the lookup never trains (transformers' padding_idx).
     """
@@ -121,7 +133,8 @@ def head_forward(params, rows, config: BertConfig, backend):
 
 def head_backward(d_logits, cache, params, grads):
     """d logits [N, V] -> d rows [N, H]; the decoder's share of the tied word-embedding gradient is
-    d_logits^T z [V, H], and d decoder_bias = sum_rows d_logits."""
+    d_logits^T z [V, H], and d decoder_bias = sum_rows d_logits. Then dz = d_logits word [N, H], back through
+    LayerNorm, GELU and the dense layer (dWd = rows^T d_dense, dbd = sum_rows d_dense, d rows = d_dense Wd^T)."""
     xp = array_namespace(d_logits)
     dense_cache, act_cache, ln_cache, z = cache
     grads["embeddings.word"] = d_logits.T @ z
@@ -138,7 +151,9 @@ def head_backward(d_logits, cache, params, grads):
 def forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
     """Loss and every gradient for one batch of device arrays (see `minibert.batch.device_batch`).
 
-    The MLM head runs only on the labelled rows (`positions`): logits [N, V] with N ~ 15% of B*T.
+    The MLM head runs only on the labelled rows (`positions`): logits [N, V] with N ~ 15% of B*T. In the
+    backward, d rows [N, H] goes back to d hidden [B*T, H] by a scatter-add at `positions` (0 elsewhere).
+    Returns (loss as a 0-d array, dict of gradients named like `params`).
     """
     xp = array_namespace(params["embeddings.word"])
     hidden, caches = encoder_forward(params, arrays["input_ids"], arrays["token_type_ids"],
@@ -156,7 +171,7 @@ def forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
 
 def masked_lm_metrics(params, arrays, *, config: BertConfig, backend):
     """Evaluation at the labelled rows (no dropout): (summed negative log-likelihood, number of correct
-    argmax predictions); padding rows (weight 0) count for neither."""
+    argmax predictions), both 0-d arrays; padding rows (weight 0) count for neither."""
     xp = array_namespace(params["embeddings.word"])
     hidden, _ = encoder_forward(params, arrays["input_ids"], arrays["token_type_ids"], arrays["attention_mask"],
                                 config, backend)

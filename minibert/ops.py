@@ -51,6 +51,7 @@ def layernorm_backward(dy, cache):
     """With g = dy * gamma (dL/dxhat):
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat))      (means over the last axis)
         dgamma = sum_rows dy * xhat,  dbeta = sum_rows dy.
+    dy [N, H] -> (dx [N, H], dgamma [H], dbeta [H]).
     """
     xp = array_namespace(dy)
     xhat, rstd, gamma = cache
@@ -77,6 +78,7 @@ def gelu_forward(x, backend, approximate=False):
 def gelu_backward(dy, cache):
     """Exact:  dy/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
     Tanh:    dy/dx = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(u).
+    dy [N, F] -> dx [N, F] (= dy * dy/dx); cache is (x, Phi(x) or t, approximate) from `gelu_forward`.
     """
     xp = array_namespace(dy)
     x, saved, approximate = cache
@@ -90,7 +92,7 @@ def gelu_backward(dy, cache):
 
 def softmax_forward(scores):
     """p = exp(s - max(s)) / sum(exp(s - max(s))) over the last axis (subtracting the max keeps exp <= 1,
-    so scores of any size stay finite). Cache p."""
+    so scores of any size stay finite). scores [..., K] -> p [..., K]; cache p."""
     xp = array_namespace(scores)
     e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
     p = e / xp.sum(e, axis=-1, keepdims=True)
@@ -98,7 +100,8 @@ def softmax_forward(scores):
 
 
 def softmax_backward(dp, p):
-    """ds_j = p_j (dp_j - sum_k dp_k p_k)   (the Jacobian diag(p) - p p^T applied to dp)."""
+    """ds_j = p_j (dp_j - sum_k dp_k p_k)   (the Jacobian diag(p) - p p^T applied to dp).
+    dp [..., K], p [..., K] -> ds [..., K]."""
     xp = array_namespace(dp)
     return p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))
 
@@ -107,7 +110,8 @@ def softmax_backward(dp, p):
 
 def dropout_forward(x, rate, key, backend):
     """Inverted dropout: y = x * m / (1 - rate), m ~ Bernoulli(1 - rate) elementwise. Identity when
-    `key` is None or rate == 0 (evaluation). Cache the scaled mask m / (1 - rate) (None for identity)."""
+    `key` is None or rate == 0 (evaluation). x [...] -> y [...] (same shape); cache the scaled mask
+    m / (1 - rate) (None for identity)."""
     if key is None or rate == 0.0:
         return x, None
     xp = array_namespace(x)
@@ -117,7 +121,7 @@ def dropout_forward(x, rate, key, backend):
 
 
 def dropout_backward(dy, scaled_mask):
-    """dx = dy * m / (1 - rate): the same mask that was applied forward."""
+    """dx = dy * m / (1 - rate): the same mask that was applied forward. dy [...] -> dx [...]."""
     return dy if scaled_mask is None else dy * scaled_mask
 
 
@@ -131,6 +135,6 @@ def embedding_forward(ids, table):
 
 def embedding_backward(dy, ids, grad_table, backend):
     """dtable[v] = sum over n with ids[n] == v of dy[n]: a scatter-add that accumulates repeated ids
-    (one vectorised call, never a Python loop). Adds into `grad_table` [V, H] and returns it
-    (in place where the backend's arrays are writeable)."""
+    (one vectorised call, never a Python loop). dy [N, H], ids [N] -> `grad_table` [V, H] plus the scatter
+    (use the returned array: see `Backend.scatter_add`)."""
     return backend.scatter_add(grad_table, ids, dy)

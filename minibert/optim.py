@@ -46,8 +46,8 @@ class AdamWConfig:
 
 
 def learning_rate(step, cfg: AdamWConfig):
-    """lr for update number `step` (0-based): lr * (step + 1) / warmup during warm-up, then
-    lr * (total - step) / (total - warmup), reaching 0 after the last step. Works on Python ints and on
+    """lr for update number `step` (0-based): lr * (step + 1) / max(warmup, 1) during warm-up, then
+    lr * (total - step) / max(total - warmup, 1), reaching 0 after the last step. Works on Python ints and on
     0-d arrays (under jit)."""
     warm = cfg.lr * (step + 1) / max(cfg.warmup_steps, 1)
     decay = cfg.lr * (cfg.total_steps - step) / max(cfg.total_steps - cfg.warmup_steps, 1)
@@ -85,7 +85,7 @@ def accumulate(total, grads):
 def adamw_update(params, grads, state, step, cfg: AdamWConfig, skip_nonfinite: bool = False):
     """One AdamW step (decoupled weight decay, bias-corrected moments, as in torch.optim.AdamW):
 
-        g <- g * min(1, clip / ||g||)                                  (global norm over all parameters)
+        g <- g * min(1, clip / (||g|| + 1e-6))                         (global norm over all parameters)
         m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
         p <- p - lr * wd * p      (not for biases and LayerNorm)
         p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps),   t = step + 1
