@@ -16,18 +16,26 @@ BATCH_KEYS = INPUT_KEYS + ("labels",)
 
 def host_ints(name: str, value, backend=None) -> np.ndarray:
     """`value` as a host NumPy integer array; floats and bools are refused, not cast."""
-    if backend is not None and not isinstance(value, (np.ndarray, list, tuple)):
-        value = backend.to_numpy(value)
-    array = np.asarray(value)
+    if backend is not None and hasattr(value, "shape") and not isinstance(value, np.ndarray):
+        value = backend.to_numpy(value)       # a device array: copied to the host, once
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:   # e.g. ragged nested lists
+        raise TypeError(f"{name} must be a rectangular integer array [batch, sequence], got "
+                        f"{type(value).__name__} that NumPy cannot read as one ({exc})") from None
+    if array.size == 0 and isinstance(value, (list, tuple)):
+        array = array.astype(np.int64)       # [] or [[]] is an empty batch (refused below), not a float array
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {array.dtype}")
+        raise TypeError(f"{name} must be an integer array (int32, int64, ...), got dtype {array.dtype}; "
+                        "floats and bools are refused, not cast")
     return array
 
 
 def _check_range(name: str, array: np.ndarray, low: int, high: int, what: str) -> None:
     if array.size and (array.min() < low or array.max() >= high):
-        bad = array[(array < low) | (array >= high)]
-        raise ValueError(f"{name} must be in [{low}, {high}) ({what}); got value {int(bad[0])}")
+        where = np.argwhere((array < low) | (array >= high))[0]
+        raise ValueError(f"{name} must be in [{low}, {high}) ({what}); got value {int(array[tuple(where)])} "
+                         f"at position {tuple(int(i) for i in where)}")
 
 
 def check_inputs(input_ids, attention_mask, token_type_ids, config: BertConfig, backend=None):
@@ -58,8 +66,8 @@ def check_inputs(input_ids, attention_mask, token_type_ids, config: BertConfig, 
                  f"type_vocab_size={config.type_vocab_size}")
     empty_rows = np.flatnonzero(attention_mask.sum(axis=1) == 0)
     if empty_rows.size:
-        raise ValueError(f"attention_mask row {int(empty_rows[0])} attends to no token; every sequence "
-                         "needs at least one position with mask 1")
+        raise ValueError(f"attention_mask row {int(empty_rows[0])} is all 0 (attends to no token, which would "
+                         "make its softmax NaN); every sequence needs at least one position with mask 1")
     return (input_ids.astype(np.int32), attention_mask.astype(np.int32), token_type_ids.astype(np.int32))
 
 
@@ -82,12 +90,40 @@ def check_batch(batch: dict, config: BertConfig, backend=None) -> dict:
                          "they must match")
     bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= config.vocab_size))
     if bad.any():
-        raise ValueError(f"labels must be in [0, {config.vocab_size}) or {IGNORE_INDEX} (ignored); "
-                         f"got value {int(labels[bad][0])}")
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"labels must be in [0, {config.vocab_size}) (vocab_size={config.vocab_size}) or "
+                         f"{IGNORE_INDEX} (ignored); got value {int(labels[where])} at position {where}")
     if not (labels != IGNORE_INDEX).any():
-        raise ValueError(f"labels has no labelled position (all are {IGNORE_INDEX}); the loss needs at least one")
+        raise ValueError(f"labels has no labelled position (all {labels.size} values are {IGNORE_INDEX}); the loss "
+                         "needs at least one label in [0, vocab_size)")
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
             "labels": labels.astype(np.int32)}
+
+
+def check_params(params, config: BertConfig, dtype=None, where: str = "params") -> None:
+    """Raise ValueError unless `params` has exactly the names and shapes of `param_shapes(config)` (and, where
+    given, every array has `dtype`, a NumPy dtype or its name). Reads only `.shape`/`.dtype`: no device work."""
+    from minibert.params import param_shapes
+
+    if not hasattr(params, "keys"):
+        raise TypeError(f"{where} must be a dict of arrays named as in minibert.params.param_shapes, "
+                        f"got {type(params).__name__}")
+    expected = param_shapes(config)
+    missing = [k for k in expected if k not in params]
+    unknown = sorted(set(params) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"{where} does not fit the model config: missing {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}, unexpected {unknown[:5]}"
+                         f"{' ...' if len(unknown) > 5 else ''} (config: {config.num_layers} layers, "
+                         f"hidden_size={config.hidden_size}, vocab_size={config.vocab_size})")
+    for name, shape in expected.items():
+        got = tuple(params[name].shape)
+        if got != shape:
+            raise ValueError(f"{where}: {name} has shape {got}, the model config needs {shape} (config: "
+                             f"hidden_size={config.hidden_size}, intermediate_size={config.intermediate_size}, "
+                             f"vocab_size={config.vocab_size}, max_position={config.max_position})")
+        if dtype is not None and str(params[name].dtype).split(".")[-1] != str(np.dtype(dtype)):
+            raise ValueError(f"{where}: {name} has dtype {params[name].dtype}, expected {np.dtype(dtype)}")
 
 
 def padded_count(count: int) -> int:

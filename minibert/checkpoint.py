@@ -10,15 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from minibert.config import BertConfig
 
 LATEST = "latest"
 RUN_CONFIG = "config.json"
+CHECKPOINT_RE = re.compile(r"ckpt-(\d{8,})\.safetensors")
+TEMPORARY_GLOB = ".*.tmp-*"          # what a writer killed mid-write leaves behind (never under a real name)
+GROUPS = ("params", "adam_m", "adam_v")
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
 class CheckpointError(ValueError):
@@ -57,8 +63,32 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:08d}.safetensors"
 
 
+def checkpoint_step(path) -> int:
+    """The step in a checkpoint file name (`ckpt-00000100.safetensors` -> 100)."""
+    match = CHECKPOINT_RE.fullmatch(Path(path).name)
+    if not match:
+        raise CheckpointError(f"{path} is not a checkpoint file name (expected ckpt-<8 digits>.safetensors)")
+    return int(match.group(1))
+
+
+def remove_stale_temporaries(run_dir) -> list[Path]:
+    """Delete the temporary files a killed writer left in `run_dir` (only one process trains a run at a time)."""
+    removed = []
+    for tmp in Path(run_dir).glob(TEMPORARY_GLOB):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, keep: int = 3) -> Path:
-    """Write parameters and AdamW moments (host NumPy arrays) for `step`; keep the newest `keep` checkpoints."""
+    """Write parameters and AdamW moments (host NumPy arrays) for `step`; keep the newest `keep` checkpoints.
+
+    Order: tensors (temporary file, fsync, rename), then the sidecar (same), then `latest` (same), then pruning.
+    A crash between two of these leaves `latest` on the previous complete checkpoint. Checkpoints of later
+    steps than `step` (left by a run that was resumed from an earlier one) are removed as well.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive int (checkpoints kept), got {keep!r}")
     run_dir = Path(run_dir)
     tensors = {f"params/{k}": np.ascontiguousarray(v) for k, v in params.items()}
     tensors.update({f"adam_m/{k}": np.ascontiguousarray(v) for k, v in state["m"].items()})
@@ -72,8 +102,10 @@ def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, 
     sidecar = {"file": path.name, "step": step, "size": path.stat().st_size, "sha256": _sha256(path), **extra}
     atomic_write_json(path.with_suffix(".json"), sidecar)
     atomic_write_bytes(run_dir / LATEST, (path.name + "\n").encode())
-    for old in sorted(run_dir.glob("ckpt-*.safetensors"))[:-keep]:
-        old.unlink()
+    older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
+    newer = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
+    for old in newer + older[keep - 1:]:
+        old.unlink(missing_ok=True)
         old.with_suffix(".json").unlink(missing_ok=True)
     return path
 
@@ -88,8 +120,14 @@ def verify_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint {path} has no sidecar {sidecar_path.name}: it was never completed")
     try:
         sidecar = json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint sidecar {sidecar_path} is not valid JSON ({exc})") from None
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("step"), int) or "sha256" not in sidecar:
+        raise CheckpointError(f"checkpoint sidecar {sidecar_path} lacks its step, size or sha256: "
+                              "it was not written by Mini-BERT")
+    if CHECKPOINT_RE.fullmatch(path.name) and sidecar["step"] != checkpoint_step(path):
+        raise CheckpointError(f"checkpoint sidecar {sidecar_path} says step {sidecar['step']}, but the file "
+                              f"name says step {checkpoint_step(path)}")
     size = path.stat().st_size
     if size != sidecar.get("size"):
         raise CheckpointError(f"checkpoint {path} is {size} bytes but was written as {sidecar.get('size')} "
@@ -101,35 +139,98 @@ def verify_checkpoint(path) -> dict:
 
 def list_checkpoints(run_dir) -> list[Path]:
     """Checkpoint files in `run_dir`, newest first."""
-    return sorted(Path(run_dir).glob("ckpt-*.safetensors"), reverse=True)
+    return sorted((p for p in Path(run_dir).glob("ckpt-*.safetensors") if CHECKPOINT_RE.fullmatch(p.name)),
+                  key=checkpoint_step, reverse=True)
+
+
+def complete_checkpoints(run_dir) -> list[Path]:
+    """Checkpoint files that have their sidecar (a file without one was never announced: a crash came between
+    its rename and its sidecar's), newest first. They are not verified here."""
+    return [p for p in list_checkpoints(run_dir) if p.with_suffix(".json").exists()]
 
 
 def latest_checkpoint(run_dir, fallback: bool = False) -> tuple[Path, dict]:
-    """(path, sidecar) of the newest checkpoint that `latest` names, verified.
+    """(path, sidecar) of the checkpoint that `latest` names (without a `latest` file: the newest checkpoint that
+    has a sidecar), verified (size and sha256).
 
-    With `fallback`, a corrupted newest checkpoint is skipped for the newest older one that verifies.
+    With `fallback`, a newest checkpoint that is missing, truncated or corrupted is skipped for the newest other
+    one that verifies. Without it, any of these is a CheckpointError that names the file.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     latest_file = run_dir / LATEST
-    if not latest_file.exists():
-        raise CheckpointError(f"run directory {run_dir} has no checkpoint ('{LATEST}' file missing)")
-    newest = run_dir / latest_file.read_text().strip()
-    candidates = [newest] + [p for p in list_checkpoints(run_dir) if p != newest] if fallback else [newest]
+    found = complete_checkpoints(run_dir)
+    hint = "" if fallback else " (pass --resume-fallback to resume from the newest older checkpoint that verifies)"
+    if latest_file.exists():
+        name = latest_file.read_text(errors="replace").strip()
+        if not CHECKPOINT_RE.fullmatch(name):
+            if not fallback:
+                raise CheckpointError(f"{latest_file} names {name!r}, which is not a checkpoint file name" + hint)
+            candidates = found
+        else:
+            newest = run_dir / name
+            candidates = [newest] + [p for p in found if p != newest] if fallback else [newest]
+    elif not found:
+        raise CheckpointError(f"run directory {run_dir} has no checkpoint yet (no '{LATEST}' file and no complete "
+                              "ckpt-*.safetensors): it stopped before its first save. Start it again with "
+                              f"--out {run_dir} (and the same settings)")
+    else:      # a crash between a first checkpoint's sidecar and `latest` (or `latest` deleted): newest complete
+        candidates = found if fallback else found[:1]
     errors = []
     for path in candidates:
         try:
             return path, verify_checkpoint(path)
         except CheckpointError as exc:
             errors.append(str(exc))
-    hint = "" if fallback else " (pass --resume-fallback to resume from the newest older checkpoint that verifies)"
+    if not errors:
+        raise CheckpointError(f"run directory {run_dir} has no checkpoint file ({latest_file} names none)")
     raise CheckpointError("; ".join(errors) + hint)
 
 
-def load_checkpoint(path) -> tuple[dict, dict]:
-    """(params, state) as host NumPy arrays from a verified checkpoint file."""
-    tensors = load_file(str(path))
+def check_checkpoint_tensors(path, config: BertConfig, dtype: str | None = None,
+                             groups: tuple[str, ...] = GROUPS) -> None:
+    """CheckpointError (naming the file and the tensor) unless the checkpoint at `path` holds, for each of
+    `groups` (params, adam_m, adam_v), exactly the tensors of `param_shapes(config)`, with `dtype` where given.
+    Reads the header only."""
+    from minibert.params import param_shapes
+
+    expected = param_shapes(config)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read as safetensors ({exc})") from None
+    wanted = {f"{group}/{name}": shape for group in groups for name, shape in expected.items()}
+    missing = [k for k in wanted if k not in header]
+    unknown = sorted(k for k in header if k not in wanted and (k.split("/")[0] in groups
+                                                               or k.split("/")[0] not in GROUPS))
+    detail = (f"the run's model config has {config.num_layers} layers, hidden_size={config.hidden_size}, "
+              f"intermediate_size={config.intermediate_size}, vocab_size={config.vocab_size}, "
+              f"max_position={config.max_position}")
+    if missing or unknown:
+        raise CheckpointError(f"checkpoint {path} does not fit the run's model config: missing tensors "
+                              f"{missing[:4]}{' ...' if len(missing) > 4 else ''}, unexpected tensors "
+                              f"{unknown[:4]}{' ...' if len(unknown) > 4 else ''} ({detail})")
+    for key, shape in wanted.items():
+        got_shape, got_dtype = header[key]
+        if got_shape != shape:
+            raise CheckpointError(f"checkpoint {path}: tensor {key} has shape {got_shape}, but the run's model "
+                                  f"config needs {shape} ({detail})")
+        got_dtype = _SAFETENSORS_DTYPES.get(got_dtype, got_dtype)
+        if dtype is not None and got_dtype != dtype:
+            raise CheckpointError(f"checkpoint {path}: tensor {key} is {got_dtype}, but the run trains in {dtype}")
+
+
+def load_checkpoint(path, config: BertConfig | None = None, dtype: str | None = None) -> tuple[dict, dict]:
+    """(params, state) as host NumPy arrays from a verified checkpoint file; with `config` (and `dtype`), first
+    checked to fit it (see `check_checkpoint_tensors`)."""
+    if config is not None:
+        check_checkpoint_tensors(path, config, dtype)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read as safetensors ({exc})") from None
     params = {k[len("params/"):]: v for k, v in tensors.items() if k.startswith("params/")}
     state = {"m": {k[len("adam_m/"):]: v for k, v in tensors.items() if k.startswith("adam_m/")},
              "v": {k[len("adam_v/"):]: v for k, v in tensors.items() if k.startswith("adam_v/")}}
@@ -137,15 +238,37 @@ def load_checkpoint(path) -> tuple[dict, dict]:
 
 
 def read_run_config(run_dir) -> dict:
-    path = Path(run_dir) / RUN_CONFIG
+    """The run's config.json: {"model": BertConfig fields, "training": TrainSettings fields, ...}."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    path = run_dir / RUN_CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a Mini-BERT run directory")
-    return json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise CheckpointError(f"{path} has no \"model\" section: {run_dir} is not a Mini-BERT run directory")
+    return saved
 
 
-def load_latest_params(run_dir) -> tuple[BertConfig, dict]:
-    """(model config, parameters as host NumPy arrays) of a run's newest verified checkpoint."""
-    config = BertConfig.from_dict(read_run_config(run_dir)["model"])
-    path, _ = latest_checkpoint(run_dir)
+def run_model_config(run_dir) -> BertConfig:
+    """The BertConfig saved in a run's config.json (a CheckpointError naming the file if it is not valid)."""
+    try:
+        return BertConfig.from_dict(read_run_config(run_dir)["model"])
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{Path(run_dir) / RUN_CONFIG}: invalid model config ({exc})") from None
+
+
+def load_latest_params(run_dir, fallback: bool = False) -> tuple[BertConfig, dict]:
+    """(model config, parameters as host NumPy arrays) of a run's newest verified checkpoint, checked to fit
+    the config."""
+    config = run_model_config(run_dir)
+    path, _ = latest_checkpoint(run_dir, fallback=fallback)
+    check_checkpoint_tensors(path, config, groups=("params",))
     params, _ = load_checkpoint(path)
     return config, params

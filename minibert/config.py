@@ -48,13 +48,14 @@ class BertConfig:
             raise ValueError(f"BertConfig.hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}")
         for name in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        if not self.initializer_range > 0:
-            raise ValueError(f"BertConfig.initializer_range must be > 0, got {self.initializer_range!r}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"BertConfig.{name} must be a number > 0, got {value!r}")
+        if (isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int)
+                or not 0 <= self.pad_token_id < self.vocab_size):
             raise ValueError(f"BertConfig.pad_token_id must be in [0, vocab_size={self.vocab_size}), "
                              f"got {self.pad_token_id!r}")
 
@@ -70,6 +71,10 @@ class BertConfig:
         layers, hidden, heads, ffn, max_pos, vocab = PRESETS[name]
         fields = dict(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=ffn,
                       max_position=max_pos, vocab_size=vocab)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"BertConfig.preset({name!r}): unknown fields {unknown}; "
+                             f"allowed: {[f.name for f in dataclasses.fields(cls)]}")
         fields.update(overrides)
         return cls(**fields)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from array_api_compat import array_namespace
 
 from minibert.attention import attention_backward, attention_forward, mask_bias
-from minibert.batch import check_batch, check_inputs, device_batch
+from minibert.batch import check_batch, check_inputs, check_params, device_batch
 from minibert.config import BertConfig
 from minibert.loss import cross_entropy_backward, cross_entropy_forward
 from minibert.ops import (dropout_backward, dropout_forward, embedding_backward, embedding_forward,
@@ -207,6 +207,7 @@ def compiled(fn, config: BertConfig, backend):
 def mlm_logits(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig, backend):
     """Masked-LM logits at every position, [B, T, V], as a backend array (eval mode: no dropout)."""
     host = check_inputs(input_ids, attention_mask, token_type_ids, config, backend)
+    check_params(params, config)
     input_ids, attention_mask, token_type_ids = (backend.asarray(a) for a in host)
     return compiled(logits_all, config, backend)(params, input_ids, attention_mask, token_type_ids)
 
@@ -218,6 +219,7 @@ def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: 
     Dropout (config.hidden_dropout, config.attention_dropout) runs only when `dropout_seed` is given.
     """
     checked = check_batch(batch, config, backend)
+    check_params(params, config)
     arrays = device_batch(checked, backend, params["embeddings.word"].dtype)
     key = None if dropout_seed is None else backend.key(dropout_seed)
     loss, grads = compiled(forward_backward, config, backend)(params, arrays, key)

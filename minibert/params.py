@@ -57,6 +57,8 @@ def init_host_params(config: BertConfig, seed: int = 0, dtype: str = "float32") 
     """BERT's initialisation on the host: weights and embeddings ~ N(0, initializer_range^2), biases 0,
     LayerNorm weights 1, the [PAD] word embedding 0. Drawn in float64 from one seeded generator in `param_shapes` order, then cast,
     so a seed gives the same weights on every backend and in every dtype."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(config).items():

@@ -82,6 +82,8 @@ class WordPieceTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without added [CLS]/[SEP]; special tokens written in the text ("[MASK]")
         become their ids, as in transformers' BertTokenizerFast."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode: text must be a str, got {type(text).__name__}")
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -90,11 +92,15 @@ class WordPieceTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of token ids, "##" pieces joined to their word (the text comes back lower-cased)."""
-        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < len(self._tokens)]
+        if bad:
+            raise ValueError(f"decode: token id {bad[0]} is out of range [0, {len(self._tokens)})")
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def id_to_token(self, token_id: int) -> str:
         if not 0 <= token_id < len(self._tokens):
-            raise IndexError(f"token id {token_id} is out of range [0, {len(self._tokens)})")
+            raise ValueError(f"token id {token_id} is out of range [0, {len(self._tokens)})")
         return self._tokens[token_id]
 
     def token_to_id(self, token: str) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,13 +20,13 @@ import backends
 from minibert import checkpoint as ckpt
 from minibert.batch import check_batch, device_batch, padded_count
 from minibert.config import PRESETS, BertConfig
-from minibert.corpus import load_corpus_files, load_default_corpus
+from minibert.corpus import corpus_fingerprint, load_corpus_files, load_default_corpus
 from minibert.data import IGNORE_LABEL, MLMBatcher, build_datasets
 from minibert.model import compiled, masked_lm_metrics
 from minibert.optim import AdamWConfig, init_state, learning_rate
 from minibert.params import init_host_params
 from minibert.step import make_train_step
-from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
+from minibert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
 
 DTYPES = ("float32", "float64")
 EVAL_SEED = 1234            # held-out masking is drawn once from this seed, the same in every evaluation
@@ -62,29 +64,57 @@ class TrainSettings:
     progress: bool = True
 
     def validate(self) -> None:
-        """Raise on a bad value, naming the flag, before any work starts."""
-        positive = ("vocab_size", "steps", "batch_size", "accum_steps", "eval_every", "save_every",
-                    "keep_checkpoints")
-        for name in positive:
+        """Raise on a bad value, naming the flag and showing the value, before any work starts."""
+        def flag(name):
+            return "--" + name.replace("_", "-")
+
+        def is_int(value):
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        def is_real(value):
+            return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+        if self.backend is not None and not (isinstance(self.backend, str) and self.backend):
+            raise TypeError(f"--backend must be a backend name, got {self.backend!r}")
+        for name in ("steps", "batch_size", "accum_steps", "eval_every", "save_every", "keep_checkpoints"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive int, got {value!r}")
-        if not isinstance(self.seq_len, int) or self.seq_len < 5:
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{flag(name)} must be a positive int, got {value!r}")
+        if not is_int(self.vocab_size) or self.vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"--vocab-size must be an int > {len(SPECIAL_TOKENS)} (the special tokens "
+                             f"{', '.join(SPECIAL_TOKENS)} come first), got {self.vocab_size!r}")
+        if not is_int(self.seq_len) or self.seq_len < 5:
             raise ValueError(f"--seq-len must be an int >= 5 ([CLS] a [SEP] b [SEP]), got {self.seq_len!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"--seed must be a non-negative int, got {self.seed!r}")
-        if self.eval_batches < 0:
-            raise ValueError(f"--eval-batches must be >= 0 (0 = all), got {self.eval_batches!r}")
+        if not is_int(self.eval_batches) or self.eval_batches < 0:
+            raise ValueError(f"--eval-batches must be an int >= 0 (0 = all), got {self.eval_batches!r}")
+        for name in ("lr", "weight_decay", "clip_norm", "dropout"):
+            if not is_real(getattr(self, name)):
+                raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        if not self.clip_norm > 0:
+            raise ValueError(f"--clip-norm must be > 0, got {self.clip_norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.config not in PRESETS:
             raise ValueError(f"--config: unknown preset {self.config!r}; allowed: {', '.join(PRESETS)}")
-        if self.warmup is not None and not 0 <= self.warmup <= self.steps:
-            raise ValueError(f"--warmup must be in [0, --steps={self.steps}], got {self.warmup!r}")
+        if self.warmup is not None and (not is_int(self.warmup) or not 0 <= self.warmup <= self.steps):
+            raise ValueError(f"--warmup must be an int in [0, --steps={self.steps}], got {self.warmup!r}")
+        if not isinstance(self.corpus, (tuple, list)) or not all(isinstance(c, str) and c for c in self.corpus):
+            raise TypeError(f"--corpus must be a list of file paths or globs, got {self.corpus!r}")
+        for name in ("out", "resume", "init_from"):
+            if getattr(self, name) is not None and not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                raise TypeError(f"{flag(name)} must be a directory path, got {getattr(self, name)!r}")
         if self.resume and self.init_from:
             raise ValueError("--resume and --init-from cannot be used together: a resumed run already has weights")
+        if self.resume_fallback and not self.resume:
+            raise ValueError("--resume-fallback only applies with --resume DIR")
         self.optimizer()
 
     def optimizer(self) -> AdamWConfig:
@@ -109,18 +139,37 @@ class Data:
     heldout: MLMBatcher
     baseline_token: int
     baseline_accuracy: float
+    fingerprint: str = ""       # of the corpus (train and held-out documents): a resumed run must see the same
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
     """Corpus -> tokenizer (trained and cached, or the run's own vocab.txt) -> packed, masked batches."""
-    train_docs, heldout_docs = (load_corpus_files(list(settings.corpus)) if settings.corpus
-                                else load_default_corpus())
+    if settings.corpus:
+        try:
+            train_docs, heldout_docs = load_corpus_files(list(settings.corpus))
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"--corpus: {exc}") from None
+    else:
+        train_docs, heldout_docs = load_default_corpus()
     tokenizer = (WordPieceTokenizer.from_vocab(str(vocab_path)) if vocab_path is not None
                  else train_wordpiece(train_docs, settings.vocab_size))
     train_seqs, heldout_seqs = build_datasets(train_docs, heldout_docs, tokenizer, settings.seq_len, settings.seed)
+    corpus = (f"--corpus {' '.join(settings.corpus)}" if settings.corpus else "the embedded corpus")
+    num_train = len(train_seqs["input_ids"])
+    if num_train < settings.batch_size:
+        raise ValueError(f"{corpus} is too small for one batch: its training part "
+                         f"({_count(len(train_docs), 'paragraph')}) packs into {_count(num_train, 'sequence')} "
+                         f"of --seq-len={settings.seq_len}, fewer than --batch-size={settings.batch_size}; "
+                         "add text, or lower --seq-len or --batch-size")
     if len(heldout_seqs["input_ids"]) == 0:
-        raise ValueError("the corpus is too small: its held-out part gives no sequence of "
-                         f"--seq-len={settings.seq_len}; add text or use a shorter --seq-len")
+        raise ValueError(f"{corpus} is too small: its held-out part ({len(heldout_docs)} of "
+                         f"{_count(len(train_docs) + len(heldout_docs), 'paragraph')}) gives no sequence of "
+                         f"--seq-len={settings.seq_len}; add text (at least a few paragraphs separated by blank "
+                         "lines) or use a shorter --seq-len")
     train = MLMBatcher(train_seqs, settings.batch_size, tokenizer.vocab_size, settings.seed)
     eval_batch = min(settings.batch_size, len(heldout_seqs["input_ids"]))
     heldout = MLMBatcher(heldout_seqs, eval_batch, tokenizer.vocab_size, EVAL_SEED, shuffle=False, drop_last=False)
@@ -129,11 +178,14 @@ def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
     baseline_token = int(np.argmax(counts))
     labels = np.concatenate([heldout.batch(0, i)["labels"].reshape(-1) for i in range(heldout.batches_per_epoch)])
     labels = labels[labels != IGNORE_LABEL]
-    return Data(tokenizer, train, heldout, baseline_token, float(np.mean(labels == baseline_token)))
+    return Data(tokenizer, train, heldout, baseline_token, float(np.mean(labels == baseline_token)),
+                corpus_fingerprint(train_docs + heldout_docs))
 
 
 def evaluate(params, data: Data, config: BertConfig, backend, max_batches: int = 0) -> dict:
     """Held-out masked-LM loss, perplexity and accuracy (fixed masking), beside the most-frequent-token baseline."""
+    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 0:
+        raise ValueError(f"eval batches must be an int >= 0 (0 = all), got {max_batches!r}")
     metrics_fn = compiled(masked_lm_metrics, config, backend)
     dtype = params["embeddings.word"].dtype
     total_nll = total_correct = total_count = 0.0
@@ -178,7 +230,8 @@ def plot_metrics(run_dir: Path) -> None:
 
 
 class StopRequested:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (so a checkpoint can be written)."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (so a checkpoint can be written).
+    A second signal stops at once (KeyboardInterrupt), without saving: checkpoints already written stay intact."""
 
     def __init__(self):
         self.signal_name = None
@@ -190,6 +243,8 @@ class StopRequested:
         return self
 
     def _handle(self, signum, frame):
+        if self.signal_name is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
         self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
@@ -203,18 +258,34 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
 
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric records after `step` (written after the checkpoint being resumed)."""
+    """Drop metric records after `step` (written after the checkpoint being resumed), and any line a killed
+    process left unfinished."""
     path = run_dir / METRICS
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
         ckpt.atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
 def _prepare_run(settings: TrainSettings):
-    """(run_dir, settings, model config or None, vocab path or None, resume checkpoint or None), all checked."""
+    """(run_dir, model config or None, vocab path or None, resume checkpoint (path, sidecar) or None, saved
+    config.json or None), all checked before any work: a resumed run's checkpoint is verified (size, sha256)
+    and its tensors are checked against the run's model config."""
     if settings.resume:
         run_dir = Path(settings.resume)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume {run_dir}: no such directory")
         saved = ckpt.read_run_config(run_dir)
+        if not isinstance(saved.get("training"), dict):
+            raise ckpt.CheckpointError(f"{run_dir / ckpt.RUN_CONFIG} has no \"training\" section: "
+                                       f"--resume {run_dir} needs a run written by scripts/train.py")
+        config = ckpt.run_model_config(run_dir)
         path, sidecar = ckpt.latest_checkpoint(run_dir, fallback=settings.resume_fallback)
         mismatched = {k: (saved["training"][k], getattr(settings, k)) for k in RESUME_FIXED
                       if k in saved["training"] and _jsonable(getattr(settings, k)) != saved["training"][k]}
@@ -222,18 +293,44 @@ def _prepare_run(settings: TrainSettings):
             detail = ", ".join(f"--{k.replace('_', '-')}: run has {a!r}, asked {b!r}" for k, (a, b) in mismatched.items())
             raise ckpt.CheckpointError(f"cannot resume {run_dir}: settings differ from the run's ({detail}); "
                                        "pass the run's own settings or leave them out")
-        return run_dir, BertConfig.from_dict(saved["model"]), run_dir / "vocab.txt", (path, sidecar)
+        ckpt.check_checkpoint_tensors(path, config, settings.dtype)
+        if not isinstance(sidecar.get("batcher"), dict):
+            raise ckpt.CheckpointError(f"checkpoint {path} has no data position (\"batcher\") in its sidecar "
+                                       f"{path.with_suffix('.json').name}: it cannot be resumed exactly")
+        vocab = run_dir / "vocab.txt"
+        if not vocab.exists():
+            raise FileNotFoundError(f"{vocab} not found: --resume {run_dir} needs the run's own vocabulary")
+        return run_dir, config, vocab, (path, sidecar), saved
     run_dir = Path(settings.out or time.strftime("runs/%Y%m%d-%H%M%S"))
-    if (run_dir / ckpt.LATEST).exists():
-        raise FileExistsError(f"--out {run_dir} already holds a run; use --resume {run_dir} or another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} exists and is not a directory")
+    if (run_dir / ckpt.LATEST).exists() or ckpt.complete_checkpoints(run_dir):
+        raise FileExistsError(f"--out {run_dir} already holds a run with checkpoints; use --resume {run_dir} "
+                              "(add --resume-fallback if its latest checkpoint is damaged) or another --out")
     if settings.init_from:
         from minibert.hf import from_transformers
         config, _ = from_transformers(settings.init_from)
         vocab = Path(settings.init_from) / "vocab.txt"
         if not vocab.exists():
             raise FileNotFoundError(f"--init-from {settings.init_from} has no vocab.txt")
-        return run_dir, config, vocab, None
-    return run_dir, None, None, None
+        return run_dir, config, vocab, None, None
+    return run_dir, None, None, None, None
+
+
+def _get_backend(settings: TrainSettings):
+    """The backend, with the dtype checked; errors say where the backend name came from."""
+    try:
+        backend = backends.get_backend(settings.backend)
+    except (ValueError, backends.BackendUnavailableError) as exc:
+        source = (f"--backend {settings.backend}" if settings.backend else
+                  f"${backends.ENV_VAR}={os.environ[backends.ENV_VAR]}" if os.environ.get(backends.ENV_VAR)
+                  else f"default backend {backends.DEFAULT_BACKEND}")
+        raise type(exc)(f"{source}: {exc}") from None
+    try:
+        backend.dtype(settings.dtype)
+    except ValueError as exc:
+        raise ValueError(f"--dtype {settings.dtype}: {exc}") from None
+    return backend
 
 
 def _jsonable(value):
@@ -242,7 +339,12 @@ def _jsonable(value):
 
 def resume_settings(run_dir, **overrides) -> TrainSettings:
     """The saved settings of a run, with `overrides` (for `--resume DIR` given alone)."""
-    saved = ckpt.read_run_config(run_dir)["training"]
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"--resume {run_dir}: no such directory")
+    saved = ckpt.read_run_config(run_dir).get("training")
+    if not isinstance(saved, dict):
+        raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.RUN_CONFIG} has no \"training\" section: "
+                                   f"--resume {run_dir} needs a run written by scripts/train.py")
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
     values = {k: (tuple(v) if k == "corpus" else v) for k, v in saved.items() if k in fields}
     values.update(overrides, resume=str(run_dir))
@@ -253,9 +355,16 @@ def train(settings: TrainSettings, log=print) -> dict:
     """Run (or resume) training; returns the final metrics. Writes config.json, vocab.txt, checkpoints,
     metrics.jsonl and loss.png into the run directory."""
     settings.validate()
-    backend = backends.get_backend(settings.backend)
-    backend.dtype(settings.dtype)
-    run_dir, config, vocab_path, resume_from = _prepare_run(settings)
+    backend = _get_backend(settings)
+    run_dir, config, vocab_path, resume_from, saved = _prepare_run(settings)
+    if resume_from is not None and resume_from[1]["step"] >= settings.steps:
+        log(f"{run_dir} is already complete: {resume_from[0].name} is step {resume_from[1]['step']} of "
+            f"--steps={settings.steps}; nothing to do")
+        return {"step": resume_from[1]["step"], "run_dir": str(run_dir), "complete": True}
+    max_position = config.max_position if config is not None else PRESETS[settings.config][4]
+    if settings.seq_len > max_position:
+        raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
+                         f"{max_position}; allowed: 5..{max_position}")
     data = load_data(settings, vocab_path)
     if config is None:
         config = BertConfig.preset(settings.config, vocab_size=data.tokenizer.vocab_size,
@@ -269,9 +378,18 @@ def train(settings: TrainSettings, log=print) -> dict:
 
     if resume_from is not None:
         path, sidecar = resume_from
+        if saved.get("corpus_fingerprint") not in (None, data.fingerprint):
+            raise ckpt.CheckpointError(f"cannot resume {run_dir}: the corpus changed since the run started "
+                                       "(its text differs), so the data order cannot be replayed")
+        try:
+            data.train.load_state_dict(sidecar["batcher"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ckpt.CheckpointError(f"cannot resume {run_dir} from {path.name}: {exc} (did the corpus or "
+                                       "its tokenization change?)") from None
         host_params, host_state = ckpt.load_checkpoint(path)
         start = sidecar["step"]
-        data.train.load_state_dict(sidecar["batcher"])
+        skipped = int(sidecar.get("skipped_nonfinite", 0))
+        ckpt.remove_stale_temporaries(run_dir)
         _truncate_metrics(run_dir, start)
         log(f"resuming {run_dir} from {path.name} (step {start})")
     else:
@@ -281,11 +399,13 @@ def train(settings: TrainSettings, log=print) -> dict:
             host_params = {k: v.astype(settings.dtype) for k, v in host_params.items()}
         else:
             host_params = init_host_params(config, settings.seed, settings.dtype)
-        host_state, start = None, 0
+        host_state, start, skipped = None, 0, 0
         run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(run_dir)
         ckpt.atomic_write_json(run_dir / ckpt.RUN_CONFIG, {
             "model": config.to_dict(), "training": {k: _jsonable(v) for k, v in dataclasses.asdict(settings).items()},
-            "backend": backend.name, "baseline_token": data.tokenizer.id_to_token(data.baseline_token)})
+            "backend": backend.name, "baseline_token": data.tokenizer.id_to_token(data.baseline_token),
+            "corpus_fingerprint": data.fingerprint})
         data.tokenizer.save_vocab(str(run_dir / "vocab.txt"))
         (run_dir / METRICS).write_text("")
 
@@ -298,12 +418,21 @@ def train(settings: TrainSettings, log=print) -> dict:
     tokens_per_step = settings.batch_size * settings.seq_len * settings.accum_steps
     dtype = params["embeddings.word"].dtype
 
+    last_saved = resume_from[0] if resume_from is not None else None
+
     def save(step):
-        path = ckpt.save_checkpoint(
-            run_dir, step, {k: backend.to_numpy(v) for k, v in params.items()},
-            {s: {k: backend.to_numpy(v) for k, v in state[s].items()} for s in ("m", "v")},
-            {"batcher": data.train.state_dict()}, keep=settings.keep_checkpoints)
-        return path
+        nonlocal last_saved
+        if last_saved is not None and ckpt.checkpoint_step(last_saved) == step:
+            return last_saved
+        host_params = {k: backend.to_numpy(v) for k, v in params.items()}
+        bad = [k for k, v in host_params.items() if not np.isfinite(v).all()]
+        if bad:      # never replace a good checkpoint with a poisoned one
+            raise NonFiniteError(f"parameter {bad[0]} is non-finite after step {step}: not saved; the last good "
+                                 f"checkpoint is {last_saved}. Start again with a lower --lr.")
+        last_saved = ckpt.save_checkpoint(
+            run_dir, step, host_params, {s: {k: backend.to_numpy(v) for k, v in state[s].items()} for s in ("m", "v")},
+            {"batcher": data.train.state_dict(), "skipped_nonfinite": skipped}, keep=settings.keep_checkpoints)
+        return last_saved
 
     def run_eval(step):
         record = {"step": step, **evaluate(params, data, config, backend, settings.eval_batches)}
@@ -313,7 +442,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     from tqdm import tqdm
     progress = tqdm(total=settings.steps, initial=start, disable=not settings.progress, unit="step",
                     dynamic_ncols=True)
-    skipped, last_eval, result = 0, None, {}
+    last_eval, result = None, {}
     with StopRequested() as stop:
         try:
             for step in range(start, settings.steps):
@@ -333,10 +462,15 @@ def train(settings: TrainSettings, log=print) -> dict:
                     record["skipped_nonfinite"] = skipped
                 _append_metrics(run_dir, record)
                 if not finite and not settings.skip_nonfinite:
+                    kept = (f"the last good checkpoint, {last_saved} (step {ckpt.checkpoint_step(last_saved)}), is "
+                            f"kept; continue from it with: python scripts/train.py --resume {run_dir} "
+                            "--skip-nonfinite" if last_saved is not None else
+                            f"no checkpoint had been written yet in {run_dir}")
                     raise NonFiniteError(
                         f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step + 1} "
-                        f"(loss={loss}, grad_norm={grad_norm}); stopped without saving, so the last good "
-                        f"checkpoint in {run_dir} is kept. Lower --lr, or pass --skip-nonfinite to skip such steps.")
+                        f"(loss={loss}, grad_norm={grad_norm}): training stopped without saving this step; "
+                        f"{kept}. Or start again with a lower --lr. (--skip-nonfinite skips such steps, "
+                        "counting them in metrics.jsonl as skipped_nonfinite.)")
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
                 done = step + 1

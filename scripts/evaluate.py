@@ -12,7 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minibert import checkpoint as ckpt  # noqa: E402
 from minibert.inference import load_run  # noqa: E402
 from minibert.trainer import evaluate, load_data, resume_settings  # noqa: E402
 
@@ -24,12 +23,14 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batches", type=int, default=0, help="held-out batches to use (default 0 = all)")
     p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     args = p.parse_args(argv)
+    if args.eval_batches < 0:
+        p.error(f"--eval-batches must be >= 0 (0 = all), got {args.eval_batches}")
     try:
         config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
         settings = resume_settings(args.run_dir, backend=backend.name)
         data = load_data(settings, Path(args.run_dir) / "vocab.txt")
         metrics = evaluate(params, data, config, backend, args.eval_batches)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ckpt.CheckpointError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     baseline_token = tokenizer.id_to_token(data.baseline_token)

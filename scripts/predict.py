@@ -11,7 +11,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minibert import checkpoint as ckpt  # noqa: E402
 from minibert.inference import fill_mask, load_run  # noqa: E402
 
 
@@ -22,10 +21,12 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=5, help="fills to show per [MASK] (default 5)")
     p.add_argument("--backend", help="array backend (default: $MINIBERT_BACKEND, else numpy)")
     args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error(f"--top-k must be >= 1, got {args.top_k}")
     try:
         config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
         fills = fill_mask(args.text, config, params, tokenizer, backend, args.top_k)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ckpt.CheckpointError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for n, candidates in enumerate(fills, 1):

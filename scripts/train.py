@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minibert.config import PRESETS  # noqa: E402
-from minibert.trainer import TrainSettings, resume_settings, train  # noqa: E402
+from minibert.trainer import NonFiniteError, TrainSettings, resume_settings, train  # noqa: E402
 
 DEFAULTS = TrainSettings()
 
@@ -68,14 +69,37 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return dataclasses.replace(DEFAULTS, **given)
 
 
+class _Terminated(Exception):
+    """SIGTERM outside the training loop (which turns it into a checkpoint and a clean stop itself)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
+    """Exit status: 0 done; 2 bad input (nothing started); 1 non-finite loss or gradient (last good checkpoint
+    kept); 130 / 143 stopped by SIGINT / SIGTERM (a checkpoint was written if training had started)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         settings = settings_from_args(parse_args(argv))
         result = train(settings)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except NonFiniteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 130 if result.get("interrupted") else 0
+    except (KeyboardInterrupt, _Terminated) as exc:
+        name = "SIGTERM" if isinstance(exc, _Terminated) or "SIGTERM" in str(exc) else "SIGINT"
+        print(f"{name}: stopped at once, without saving; checkpoints already written are intact (resume with "
+              "--resume DIR if the run had written one)", file=sys.stderr)
+        return 128 + signal.Signals[name].value
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if result.get("interrupted"):
+        return 128 + signal.Signals[result["interrupted"]].value
+    return 0
 
 
 if __name__ == "__main__":
