@@ -110,6 +110,13 @@ def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, 
     return path
 
 
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{what} {path} is not valid JSON ({exc})") from None
+
+
 def verify_checkpoint(path) -> dict:
     """The sidecar of `path` after checking the file's size and sha256 against it; CheckpointError if not."""
     path = Path(path)
@@ -118,10 +125,7 @@ def verify_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint file {path} does not exist")
     if not sidecar_path.exists():
         raise CheckpointError(f"checkpoint {path} has no sidecar {sidecar_path.name}: it was never completed")
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint sidecar {sidecar_path} is not valid JSON ({exc})") from None
+    sidecar = _read_json(sidecar_path, "checkpoint sidecar")
     if not isinstance(sidecar, dict) or not isinstance(sidecar.get("step"), int) or "sha256" not in sidecar:
         raise CheckpointError(f"checkpoint sidecar {sidecar_path} lacks its step, size or sha256: "
                               "it was not written by Mini-BERT")
@@ -245,10 +249,7 @@ def read_run_config(run_dir) -> dict:
     path = run_dir / RUN_CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a Mini-BERT run directory")
-    try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    saved = _read_json(path, "run config")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise CheckpointError(f"{path} has no \"model\" section: {run_dir} is not a Mini-BERT run directory")
     return saved

@@ -205,14 +205,6 @@ def test_unknown_preset():
 
 # --- backends ----------------------------------------------------------------------------------------------------
 
-def test_unknown_backend(monkeypatch):
-    with pytest.raises(ValueError, match=r"unknown backend 'nope'; registered backends: .*numpy"):
-        backends.get_backend("nope")
-    monkeypatch.setenv(backends.ENV_VAR, "also-nope")
-    with pytest.raises(ValueError, match=r"unknown backend 'also-nope'.*MINIBERT_BACKEND"):
-        backends.get_backend()
-
-
 def unavailable_backend():
     """A registered backend that cannot run here (CuPy on a machine without it), or None."""
     try:
