@@ -41,7 +41,7 @@ class TrainSettings:
     config: str = "seed"
     corpus: tuple[str, ...] = ()
     vocab_size: int = 8192
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 32
     seq_len: int = 64
     accum_steps: int = 1
@@ -51,7 +51,7 @@ class TrainSettings:
     clip_norm: float = 1.0
     dropout: float = 0.1
     seed: int = 0
-    eval_every: int = 250
+    eval_every: int = 200
     eval_batches: int = 0          # 0 = the whole held-out split
     save_every: int = 500
     keep_checkpoints: int = 3
