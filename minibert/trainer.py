@@ -273,10 +273,21 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
         ckpt.atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
-def _prepare_run(settings: TrainSettings):
-    """(run_dir, model config or None, vocab path or None, resume checkpoint (path, sidecar) or None, saved
-    config.json or None), all checked before any work: a resumed run's checkpoint is verified (size, sha256)
-    and its tensors are checked against the run's model config."""
+@dataclass
+class RunPlan:
+    """Where a run goes and what it starts from, decided (and checked) before any work."""
+
+    run_dir: Path
+    config: BertConfig | None = None              # None: from the preset, once the tokenizer's vocab is known
+    vocab_path: Path | None = None                # None: train (or reuse the cached) tokenizer
+    resume_from: tuple | None = None              # (checkpoint path, sidecar) of a resumed run
+    saved: dict | None = None                     # a resumed run's config.json
+    init_weights: dict | None = None              # host params from --init-from
+
+
+def _prepare_run(settings: TrainSettings) -> RunPlan:
+    """The RunPlan, all checked before any work: a resumed run's checkpoint is verified (size, sha256) and its
+    tensors are checked against the run's model config."""
     if settings.resume:
         run_dir = Path(settings.resume)
         if not run_dir.is_dir():
@@ -300,7 +311,7 @@ def _prepare_run(settings: TrainSettings):
         vocab = run_dir / "vocab.txt"
         if not vocab.exists():
             raise FileNotFoundError(f"{vocab} not found: --resume {run_dir} needs the run's own vocabulary")
-        return run_dir, config, vocab, (path, sidecar), saved
+        return RunPlan(run_dir, config, vocab, (path, sidecar), saved)
     run_dir = Path(settings.out or time.strftime("runs/%Y%m%d-%H%M%S"))
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"--out {run_dir} exists and is not a directory")
@@ -309,12 +320,14 @@ def _prepare_run(settings: TrainSettings):
                               "(add --resume-fallback if its latest checkpoint is damaged) or another --out")
     if settings.init_from:
         from minibert.hf import from_transformers
-        config, _ = from_transformers(settings.init_from)
         vocab = Path(settings.init_from) / "vocab.txt"
         if not vocab.exists():
             raise FileNotFoundError(f"--init-from {settings.init_from} has no vocab.txt")
-        return run_dir, config, vocab, None, None
-    return run_dir, None, None, None, None
+        config, weights = from_transformers(settings.init_from)
+        # the run's dropout is --dropout, as for a fresh model, not the checkpoint's training setting
+        config = dataclasses.replace(config, hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
+        return RunPlan(run_dir, config, vocab, init_weights=weights)
+    return RunPlan(run_dir)
 
 
 def _get_backend(settings: TrainSettings):
@@ -356,7 +369,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     metrics.jsonl and loss.png into the run directory."""
     settings.validate()
     backend = _get_backend(settings)
-    run_dir, config, vocab_path, resume_from, saved = _prepare_run(settings)
+    plan = _prepare_run(settings)
+    run_dir, config, resume_from = plan.run_dir, plan.config, plan.resume_from
     if resume_from is not None and resume_from[1]["step"] >= settings.steps:
         log(f"{run_dir} is already complete: {resume_from[0].name} is step {resume_from[1]['step']} of "
             f"--steps={settings.steps}; nothing to do")
@@ -365,20 +379,17 @@ def train(settings: TrainSettings, log=print) -> dict:
     if settings.seq_len > max_position:
         raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
                          f"{max_position}; allowed: 5..{max_position}")
-    data = load_data(settings, vocab_path)
+    data = load_data(settings, plan.vocab_path)
     if config is None:
         config = BertConfig.preset(settings.config, vocab_size=data.tokenizer.vocab_size,
                                    hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
     if config.vocab_size != data.tokenizer.vocab_size:
         raise ValueError(f"the model's vocab_size={config.vocab_size} does not match the tokenizer's "
                          f"{data.tokenizer.vocab_size} tokens")
-    if settings.seq_len > config.max_position:
-        raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
-                         f"{config.max_position}; allowed: 5..{config.max_position}")
 
     if resume_from is not None:
         path, sidecar = resume_from
-        if saved.get("corpus_fingerprint") not in (None, data.fingerprint):
+        if plan.saved.get("corpus_fingerprint") not in (None, data.fingerprint):
             raise ckpt.CheckpointError(f"cannot resume {run_dir}: the corpus changed since the run started "
                                        "(its text differs), so the data order cannot be replayed")
         try:
@@ -393,10 +404,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         _truncate_metrics(run_dir, start)
         log(f"resuming {run_dir} from {path.name} (step {start})")
     else:
-        if settings.init_from:
-            from minibert.hf import from_transformers
-            _, host_params = from_transformers(settings.init_from)
-            host_params = {k: v.astype(settings.dtype) for k, v in host_params.items()}
+        if plan.init_weights is not None:
+            host_params = {k: v.astype(settings.dtype) for k, v in plan.init_weights.items()}
         else:
             host_params = init_host_params(config, settings.seed, settings.dtype)
         host_state, start, skipped = None, 0, 0

@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --resume: if the latest checkpoint is corrupted, use the newest older one that verifies")
     p.add_argument("--init-from", metavar="HF_DIR",
                    help="start from a local transformers BERT checkpoint directory (config.json, "
-                        "model.safetensors, vocab.txt) instead of random weights")
+                        "model.safetensors, vocab.txt) instead of random weights; its architecture replaces "
+                        "--config, and --dropout applies")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="skip steps with a non-finite loss or gradient (counted in metrics) instead of stopping")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -142,3 +142,19 @@ def test_sigint_then_resume_is_bit_identical_to_an_uninterrupted_run(script_env,
 def test_resume_with_different_settings_is_refused(script_env, numpy_run):
     result = run_script(script_env, "train.py", "--resume", numpy_run, "--lr", "0.5")
     assert result.returncode == 2 and "--lr" in result.stderr and "settings differ" in result.stderr
+
+
+def test_init_from_a_transformers_directory_starts_from_its_weights(script_env, numpy_run, tmp_path):
+    pytest.importorskip("transformers")
+    exported = tmp_path / "hf"
+    result = run_script(script_env, "export_hf.py", numpy_run, exported)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "from-hf"
+    result = run_script(script_env, "train.py", *TINY, "--steps", "1", "--lr", "1e-9", "--init-from", exported,
+                        "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["model"] == \
+        json.loads((numpy_run / "config.json").read_text())["model"]
+    before, after = final_params(numpy_run), final_params(out)
+    for name in (k for k in before if k.startswith("params/")):
+        np.testing.assert_allclose(after[name], before[name], atol=1e-6, err_msg=name)
