@@ -17,6 +17,8 @@ class Backend:
       device: where arrays live (None where the library has a single default).
       inplace: True when arrays are writeable, so buffers may be updated in place (`acc += g`);
                False for immutable arrays (JAX), where the same code rebinds to a new array.
+      static_shapes: True where a compiled function is retraced for every new input shape (JAX), so batches
+               pad the MLM head's rows to a few bucket sizes; elsewhere they keep the exact count.
       supports_float64: whether float64 arrays can be made here.
 
     Random numbers are functional: `key(seed)` makes a key, `fold_in(key, n)` derives an independent one,
@@ -27,6 +29,7 @@ class Backend:
     xp: Any = None
     device: Any = None
     inplace: bool = True
+    static_shapes: bool = False
     supports_float64: bool = True
 
     # -- host <-> device ----------------------------------------------------------------------

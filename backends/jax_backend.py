@@ -9,6 +9,7 @@ from backends.base import Backend, BackendUnavailableError
 class JaxBackend(Backend):
     name = "jax"
     inplace = False
+    static_shapes = True
 
     def __init__(self, jax):
         self._jax = jax

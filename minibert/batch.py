@@ -126,16 +126,19 @@ def check_params(params, config: BertConfig, dtype=None, where: str = "params") 
             raise ValueError(f"{where}: {name} has dtype {params[name].dtype}, expected {np.dtype(dtype)}")
 
 
-def padded_count(count: int) -> int:
-    """Rows kept for the MLM head: `count` rounded up to a power of two up to 128, then to a multiple of 128,
-    so that a compiled step (JAX) sees few distinct shapes."""
+def padded_count(count: int, static_shapes: bool = True) -> int:
+    """Rows kept for the MLM head. With `static_shapes` (a compiling backend: JAX), `count` rounded up to a
+    power of two up to 128, then to a multiple of 128, so that the compiled step sees few distinct shapes;
+    otherwise `count` itself (no wasted rows)."""
+    if not static_shapes:
+        return count
     bucket = 8
     while bucket < min(count, 128):
         bucket *= 2
     return bucket if count <= 128 else -(-count // 128) * 128
 
 
-def labelled_rows(labels: np.ndarray, rows: int | None = None):
+def labelled_rows(labels: np.ndarray, rows: int | None = None, static_shapes: bool = True):
     """Where the loss is computed: (positions, targets, weights), each [rows].
 
     positions are flat indices into the B*T tokens, targets their labels, weights 1.0; padding rows
@@ -143,7 +146,7 @@ def labelled_rows(labels: np.ndarray, rows: int | None = None):
     """
     flat = labels.reshape(-1)
     positions = np.flatnonzero(flat != IGNORE_INDEX).astype(np.int32)
-    rows = padded_count(positions.size) if rows is None else rows
+    rows = padded_count(positions.size, static_shapes) if rows is None else rows
     if rows < positions.size:
         raise ValueError(f"rows={rows} is fewer than the {positions.size} labelled positions")
     pad = rows - positions.size
@@ -154,7 +157,7 @@ def labelled_rows(labels: np.ndarray, rows: int | None = None):
 
 def device_batch(batch: dict, backend, dtype, rows: int | None = None) -> dict:
     """Move a checked batch to the backend, with the labels turned into `labelled_rows`."""
-    positions, targets, weights = labelled_rows(batch["labels"], rows)
+    positions, targets, weights = labelled_rows(batch["labels"], rows, backend.static_shapes)
     arrays = {key: backend.asarray(batch[key]) for key in INPUT_KEYS}
     arrays.update(positions=backend.asarray(positions), targets=backend.asarray(targets),
                   weights=backend.asarray(weights, dtype=dtype))

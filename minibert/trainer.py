@@ -457,7 +457,9 @@ def train(settings: TrainSettings, log=print) -> dict:
             for step in range(start, settings.steps):
                 started = time.perf_counter()
                 micro = [check_batch(next(data.train), config) for _ in range(settings.accum_steps)]
-                rows = max(padded_count(int(np.sum(b["labels"] != IGNORE_LABEL))) for b in micro)
+                # a compiled step needs one shape for every micro-batch; eager backends keep exact counts
+                rows = (max(padded_count(int(np.sum(b["labels"] != IGNORE_LABEL))) for b in micro)
+                        if backend.static_shapes else None)
                 arrays = [device_batch(b, backend, dtype, rows) for b in micro]
                 key = backend.fold_in(base_key, step) if settings.dropout > 0 else None
                 params, state, loss, grad_norm = step_fn(params, state, arrays, key, step)
