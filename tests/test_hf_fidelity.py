@@ -129,6 +129,17 @@ def on(backend, params, dtype="float32"):
     return {name: backend.asarray(value, dtype=dtype) for name, value in params.items()}
 
 
+def assert_numpy_logits_match(model, config, params):
+    """Mini-BERT's logits on numpy equal the transformers model's (eval mode) on a padded batch."""
+    backend = backend_or_skip("numpy")
+    batch = hf_batch(config, 2, 8)
+    with torch.no_grad():
+        ref = model(**{k: torch.from_numpy(v) for k, v in batch.items() if k != "labels"}).logits.numpy()
+    ours = backend.to_numpy(mlm_logits(on(backend, params), batch["input_ids"], batch["attention_mask"],
+                                       batch["token_type_ids"], config=config, backend=backend))
+    np.testing.assert_allclose(ours, ref, rtol=LOGITS_TOL, atol=LOGITS_TOL)
+
+
 def assert_grads_close(grads, ref, backend, rtol):
     """Every gradient within `rtol` of its reference, relative to the reference tensor's largest entry."""
     assert sorted(grads) == sorted(ref)
@@ -202,18 +213,12 @@ def test_sdpa_attention_gives_the_same_logits():
 
 @pytest.mark.parametrize("act", ["gelu_python", "gelu_python_tanh", "gelu_accurate", "gelu_fast"])
 def test_equivalent_activation_spellings(act):
-    backend = backend_or_skip("numpy")
     fields = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=48, vocab_size=29,
                   max_position_embeddings=8, hidden_act=act)
     model = hf_model(**fields)
     config, params = from_transformers(model)
     assert config.hidden_act == ("gelu" if act == "gelu_python" else "gelu_tanh")
-    batch = hf_batch(config, 2, 8)
-    with torch.no_grad():
-        ref = model(**{k: torch.from_numpy(v) for k, v in batch.items() if k != "labels"}).logits.numpy()
-    ours = backend.to_numpy(mlm_logits(on(backend, params), batch["input_ids"], batch["attention_mask"],
-                                       batch["token_type_ids"], config=config, backend=backend))
-    np.testing.assert_allclose(ours, ref, rtol=LOGITS_TOL, atol=LOGITS_TOL)
+    assert_numpy_logits_match(model, config, params)
 
 
 # --- checkpoints both ways ----------------------------------------------------------------------------------------
@@ -414,13 +419,7 @@ def test_untied_decoder_is_refused(tmp_path):
         model.cls.predictions.decoder.weight.copy_(model.bert.embeddings.word_embeddings.weight)
     assert not torch.equal(model.cls.predictions.decoder.bias, model.cls.predictions.bias)
     config, params = from_transformers(model)
-    backend = backend_or_skip("numpy")
-    batch = hf_batch(config, 2, 8)
-    with torch.no_grad():
-        ref = model(**{k: torch.from_numpy(v) for k, v in batch.items() if k != "labels"}).logits.numpy()
-    ours = backend.to_numpy(mlm_logits(on(backend, params), batch["input_ids"], batch["attention_mask"],
-                                       batch["token_type_ids"], config=config, backend=backend))
-    np.testing.assert_allclose(ours, ref, rtol=LOGITS_TOL, atol=LOGITS_TOL)
+    assert_numpy_logits_match(model, config, params)
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_named():
