@@ -15,13 +15,14 @@ from typing import Callable
 from backends.base import Backend, BackendUnavailableError
 
 __all__ = ["Backend", "BackendUnavailableError", "ENV_VAR", "DEFAULT_BACKEND",
-           "get_backend", "register", "registered", "available"]
+           "get_backend", "register", "registered", "available", "on_replace"]
 
 ENV_VAR = "MINIBERT_BACKEND"
 DEFAULT_BACKEND = "numpy"
 
 _factories: dict[str, Callable[[], Backend]] = {}
 _instances: dict[str, Backend] = {}
+_replace_hooks: list[Callable[[str, Backend], None]] = []
 
 
 def _lazy(module: str) -> Callable[[], Backend]:
@@ -31,11 +32,22 @@ def _lazy(module: str) -> Callable[[], Backend]:
 
 
 def register(name: str, factory: Callable[[], Backend]) -> None:
-    """Make `factory()` the backend called `name` (replacing any earlier one of that name)."""
+    """Make `factory()` the backend called `name` (replacing any earlier one of that name; the `on_replace`
+    hooks are told about a replaced instance, so caches keyed by it can drop it)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"backend name must be a non-empty string, got {name!r}")
     _factories[name] = factory
-    _instances.pop(name, None)
+    replaced = _instances.pop(name, None)
+    if replaced is not None:
+        for hook in _replace_hooks:
+            hook(name, replaced)
+
+
+def on_replace(hook: Callable[[str, Backend], None]) -> None:
+    """Call `hook(name, old_instance)` whenever `register` replaces a backend that had been created."""
+    if not callable(hook):
+        raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+    _replace_hooks.append(hook)
 
 
 def registered() -> list[str]:

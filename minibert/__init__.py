@@ -1,6 +1,7 @@
 """Mini-BERT: a BERT masked-LM with every forward and backward pass written by hand, on the array API."""
+from minibert.api import loss_and_grads, mlm_logits
 from minibert.config import BertConfig
-from minibert.model import forward_backward, loss_and_grads, mlm_logits
+from minibert.model import forward_backward
 from minibert.params import init_params, param_shapes
 
 __all__ = ["BertConfig", "init_params", "param_shapes", "mlm_logits", "loss_and_grads", "forward_backward"]

@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
 
-from minibert.ops import (dropout_backward, dropout_forward, linear_backward, linear_forward,
-                          softmax_backward, softmax_forward)
+from minibert.ops import (DropoutCache, LinearCache, SoftmaxCache, dropout_backward, dropout_forward,
+                          linear_backward, linear_forward, softmax_backward, softmax_forward)
+
+
+class AttentionCache(NamedTuple):
+    qkv: LinearCache            # the fused projection's input x [B*T, H] and Wqkv [H, 3H]
+    q: Any                      # q / sqrt(D) [B, A, T, D]
+    k: Any                      # [B, A, T, D]
+    v: Any                      # [B, A, T, D]
+    softmax: SoftmaxCache       # p [B, A, T, T]
+    dropped: Any                # p' = dropout(p) [B, A, T, T]
+    dropout: DropoutCache       # the mask of p'
+    out: LinearCache            # the output projection's input c [B*T, H] and Wo [H, H]
 
 
 def mask_bias(attention_mask, dtype):
@@ -15,7 +27,7 @@ def mask_bias(attention_mask, dtype):
     Finite, not -inf: a fully masked row then becomes uniform instead of NaN."""
     xp = array_namespace(attention_mask)
     blocked = xp.astype(attention_mask == 0, dtype) * xp.finfo(dtype).min
-    return blocked[:, None, None, :]
+    return blocked[:, None, None, :]                                # [B, T] -> [B, 1, 1, T]
 
 
 def attention_forward(x, weight_qkv, bias_qkv, weight_out, bias_out, bias_mask, num_heads,
@@ -29,22 +41,25 @@ def attention_forward(x, weight_qkv, bias_qkv, weight_out, bias_out, bias_mask, 
         y = c Wo + bo
 
     Weights: Wqkv [H, 3H] (Q | K | V columns), bqkv [3H], Wo [H, H], bo [H]. bias_mask [B, 1, 1, T] comes from
-    `mask_bias`. Returns y [B*T, H] and the cache for backward: (x, q / sqrt(D), k, v, p, p', dropout mask,
-    c, Wqkv, Wo), with q, k, v [B, A, T, D] and p, p' [B, A, T, T].
+    `mask_bias`. Returns y [B*T, H] and an `AttentionCache` for backward.
     """
     xp = array_namespace(x)
     batch, seq = bias_mask.shape[0], bias_mask.shape[-1]
     hidden = x.shape[1]
     head = hidden // num_heads
-    qkv, x_cache = linear_forward(x, weight_qkv, bias_qkv)
+    qkv, qkv_cache = linear_forward(x, weight_qkv, bias_qkv)
+    # [B*T, 3H] -> [B, T, 3, A, D] -> [3, B, A, T, D]
     qkv = xp.permute_dims(xp.reshape(qkv, (batch, seq, 3, num_heads, head)), (2, 0, 3, 1, 4))
     q = qkv[0, ...] * (1.0 / math.sqrt(head))
     k, v = qkv[1, ...], qkv[2, ...]
-    probs, _ = softmax_forward(q @ xp.matrix_transpose(k) + bias_mask)
-    dropped, drop_mask = dropout_forward(probs, dropout_rate, key, backend)
+    # k: [B, A, T, D] -> k^T [B, A, D, T]; scores [B, A, T, T]
+    probs, softmax_cache = softmax_forward(q @ xp.matrix_transpose(k) + bias_mask)
+    dropped, drop_cache = dropout_forward(probs, dropout_rate, key, backend)
+    # p' v [B, A, T, D] -> [B, T, A, D] -> [B*T, H] (heads concatenated)
     context = xp.reshape(xp.permute_dims(dropped @ v, (0, 2, 1, 3)), (batch * seq, hidden))
-    y, context_cache = linear_forward(context, weight_out, bias_out)
-    return y, (x_cache, q, k, v, probs, dropped, drop_mask, context_cache, weight_qkv, weight_out)
+    y, out_cache = linear_forward(context, weight_out, bias_out)
+    return y, AttentionCache(qkv=qkv_cache, q=q, k=k, v=v, softmax=softmax_cache, dropped=dropped,
+                             dropout=drop_cache, out=out_cache)
 
 
 def attention_backward(dy, cache):
@@ -61,19 +76,21 @@ def attention_backward(dy, cache):
     qkv.bias [3H], out.weight [H, H], out.bias [H]).
     """
     xp = array_namespace(dy)
-    x_cache, q, k, v, probs, dropped, drop_mask, context_cache, weight_qkv, weight_out = cache
+    q, k, v = cache.q, cache.k, cache.v
     batch, num_heads, seq, head = q.shape
     hidden = num_heads * head
-    d_context, d_weight_out, d_bias_out = linear_backward(dy, context_cache, weight_out)
+    d_context, out_grads = linear_backward(dy, cache.out)
+    # [B*T, H] -> [B, T, A, D] -> [B, A, T, D]
     d_context = xp.permute_dims(xp.reshape(d_context, (batch, seq, num_heads, head)), (0, 2, 1, 3))
-    d_dropped = d_context @ xp.matrix_transpose(v)
-    dv = xp.matrix_transpose(dropped) @ d_context
-    d_scores = softmax_backward(dropout_backward(d_dropped, drop_mask), probs)
+    d_dropped = d_context @ xp.matrix_transpose(v)                  # v^T [B, A, D, T]; dp' [B, A, T, T]
+    dv = xp.matrix_transpose(cache.dropped) @ d_context             # p'^T [B, A, T, T]; dv [B, A, T, D]
+    d_probs, _ = dropout_backward(d_dropped, cache.dropout)
+    d_scores, _ = softmax_backward(d_probs, cache.softmax)
     dq = (d_scores @ k) * (1.0 / math.sqrt(head))
-    dk = xp.matrix_transpose(d_scores) @ q
-    # [B, A, T, D] each -> stacked as [B, T, 3, A, D] in one copy, which is [B*T, 3H] in the fused layout
+    dk = xp.matrix_transpose(d_scores) @ q                          # ds^T [B, A, T, T]; dk [B, A, T, D]
+    # [B, A, T, D] each -> [B, T, A, D] each -> stacked [B, T, 3, A, D] in one copy -> [B*T, 3H] (fused layout)
     d_qkv = xp.reshape(xp.stack([xp.permute_dims(d, (0, 2, 1, 3)) for d in (dq, dk, dv)], axis=2),
                        (batch * seq, 3 * hidden))
-    dx, d_weight_qkv, d_bias_qkv = linear_backward(d_qkv, x_cache, weight_qkv)
-    return dx, {"qkv.weight": d_weight_qkv, "qkv.bias": d_bias_qkv,
-                "out.weight": d_weight_out, "out.bias": d_bias_out}
+    dx, qkv_grads = linear_backward(d_qkv, cache.qkv)
+    return dx, {"qkv.weight": qkv_grads["weight"], "qkv.bias": qkv_grads["bias"],
+                "out.weight": out_grads["weight"], "out.bias": out_grads["bias"]}

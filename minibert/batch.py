@@ -5,11 +5,12 @@ reaches the device that could be silently clamped (JAX clamps out-of-range gathe
 """
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
-from minibert.config import BertConfig
+from minibert.config import IGNORE_LABEL, BertConfig
 
-IGNORE_INDEX = -100
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 BATCH_KEYS = INPUT_KEYS + ("labels",)
 
@@ -88,13 +89,13 @@ def check_batch(batch: dict, config: BertConfig, backend=None) -> dict:
     if labels.shape != input_ids.shape:
         raise ValueError(f"labels has shape {labels.shape}, but input_ids has shape {input_ids.shape}; "
                          "they must match")
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= config.vocab_size))
+    bad = (labels != IGNORE_LABEL) & ((labels < 0) | (labels >= config.vocab_size))
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"labels must be in [0, {config.vocab_size}) (vocab_size={config.vocab_size}) or "
-                         f"{IGNORE_INDEX} (ignored); got value {int(labels[where])} at position {where}")
-    if not (labels != IGNORE_INDEX).any():
-        raise ValueError(f"labels has no labelled position (all {labels.size} values are {IGNORE_INDEX}); the loss "
+                         f"{IGNORE_LABEL} (ignored); got value {int(labels[where])} at position {where}")
+    if not (labels != IGNORE_LABEL).any():
+        raise ValueError(f"labels has no labelled position (all {labels.size} values are {IGNORE_LABEL}); the loss "
                          "needs at least one label in [0, vocab_size)")
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
             "labels": labels.astype(np.int32)}
@@ -145,7 +146,7 @@ def labelled_rows(labels: np.ndarray, rows: int | None = None, static_shapes: bo
     (up to `rows`, default `padded_count`) point at token 0 with target 0 and weight 0.
     """
     flat = labels.reshape(-1)
-    positions = np.flatnonzero(flat != IGNORE_INDEX).astype(np.int32)
+    positions = np.flatnonzero(flat != IGNORE_LABEL).astype(np.int32)
     rows = padded_count(positions.size, static_shapes) if rows is None else rows
     if rows < positions.size:
         raise ValueError(f"rows={rows} is fewer than the {positions.size} labelled positions")
@@ -155,10 +156,22 @@ def labelled_rows(labels: np.ndarray, rows: int | None = None, static_shapes: bo
             np.concatenate([np.ones(positions.size), np.zeros(pad)]))
 
 
-def device_batch(batch: dict, backend, dtype, rows: int | None = None) -> dict:
+class DeviceBatch(NamedTuple):
+    """One masked-LM batch on the device, as `minibert.model.forward_backward` reads it; N labelled rows.
+    A NamedTuple, so JAX treats it as a pytree; fields are read by name."""
+    input_ids: Any          # [B, T] int
+    attention_mask: Any     # [B, T] int, 1 = attend, 0 = padding
+    token_type_ids: Any     # [B, T] int
+    positions: Any          # [N] int, flat indices into the B*T tokens
+    targets: Any            # [N] int, the labels at `positions`
+    weights: Any            # [N] float, 1 for a real label, 0 for a padding row
+
+
+def device_batch(batch: dict, backend, dtype, rows: int | None = None) -> DeviceBatch:
     """Move a checked batch to the backend, with the labels turned into `labelled_rows`."""
     positions, targets, weights = labelled_rows(batch["labels"], rows, backend.static_shapes)
-    arrays = {key: backend.asarray(batch[key]) for key in INPUT_KEYS}
-    arrays.update(positions=backend.asarray(positions), targets=backend.asarray(targets),
-                  weights=backend.asarray(weights, dtype=dtype))
-    return arrays
+    return DeviceBatch(input_ids=backend.asarray(batch["input_ids"]),
+                       attention_mask=backend.asarray(batch["attention_mask"]),
+                       token_type_ids=backend.asarray(batch["token_type_ids"]),
+                       positions=backend.asarray(positions), targets=backend.asarray(targets),
+                       weights=backend.asarray(weights, dtype=dtype))

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 HIDDEN_ACTS = ("gelu", "gelu_tanh")
 
+# The special tokens, defined once for the tokenizer, the data, the config and inference: token i has id i.
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))
+IGNORE_LABEL = -100     # a label that asks for no prediction (the loss skips it), as in BERT
+
 # name: (num_layers, hidden_size, num_heads, intermediate_size, max_position, vocab_size)
 PRESETS = {
     "seed": (3, 192, 4, 768, 64, 8192),
@@ -33,7 +39,7 @@ class BertConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    pad_token_id: int = 0
+    pad_token_id: int = PAD_ID
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",

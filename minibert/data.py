@@ -1,7 +1,7 @@
 """Masked-LM training data on the host (NumPy only): packed `[CLS] A [SEP] B [SEP]` sequences and masked batches.
 
 Every array is int32 with shape [N, seq_len] (packed sequences) or [B, T] (batches). A batch is a dict with
-`input_ids`, `attention_mask`, `token_type_ids` and `labels` (-100 where no prediction is asked).
+`input_ids`, `attention_mask`, `token_type_ids` and `labels` (`IGNORE_LABEL`, -100, where no prediction is asked).
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, WordPieceTokenizer
-
-IGNORE_LABEL = -100
+from .config import CLS_ID, IGNORE_LABEL, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS
+from .tokenizer import WordPieceTokenizer
 MASK_PROB = 0.15
 _SHUFFLE_STREAM, _MASK_STREAM = 0, 1  # keep the shuffle and masking random streams apart
 
@@ -54,7 +53,7 @@ def mask_tokens(input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int
                 mask_prob: float = MASK_PROB) -> tuple[np.ndarray, np.ndarray]:
     """BERT masking: pick round(mask_prob * n) of each row's n non-special tokens (at least 1 when n > 0);
     of those, 80% become [MASK], 10% a random non-special token, 10% stay. Returns (masked_ids, labels),
-    labels holding the original id at picked positions and -100 elsewhere.
+    labels holding the original id at picked positions and `IGNORE_LABEL` (-100) elsewhere.
     """
     maskable = ~np.isin(input_ids, special_ids)
     num_maskable = maskable.sum(axis=1)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from minibert.config import BertConfig
+from minibert.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS as _TOKENS, UNK_ID, BertConfig
 from minibert.params import param_shapes
 
 __all__ = ["from_transformers", "to_transformers", "config_from_transformers", "config_to_transformers",
@@ -65,8 +65,8 @@ _DECODER_BIAS = "cls.predictions.decoder.bias"
 _WORD = "bert.embeddings.word_embeddings.weight"
 _HEAD_BIAS = "cls.predictions.bias"
 
-SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                  "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {"unk_token": _TOKENS[UNK_ID], "sep_token": _TOKENS[SEP_ID], "pad_token": _TOKENS[PAD_ID],
+                  "cls_token": _TOKENS[CLS_ID], "mask_token": _TOKENS[MASK_ID]}
 
 
 def _need_transformers(what: str):
@@ -472,8 +472,8 @@ def to_transformers(params: Mapping, config: BertConfig, out_dir, vocab=None, *,
         if absent:
             raise ValueError(f"vocab lacks the special token(s) {absent}; a BERT tokenizer needs "
                              f"{list(SPECIAL_TOKENS.values())}")
-        if tokens.index("[PAD]") != config.pad_token_id:
-            raise ValueError(f"vocab has [PAD] at id {tokens.index('[PAD]')} but config.pad_token_id="
+        if tokens.index(SPECIAL_TOKENS["pad_token"]) != config.pad_token_id:
+            raise ValueError(f"vocab has [PAD] at id {tokens.index(SPECIAL_TOKENS['pad_token'])} but config.pad_token_id="
                              f"{config.pad_token_id}")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

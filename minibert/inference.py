@@ -7,7 +7,7 @@ import numpy as np
 
 import backends
 from minibert import checkpoint as ckpt
-from minibert.model import mlm_logits
+from minibert.api import mlm_logits
 from minibert.tokenizer import WordPieceTokenizer
 
 

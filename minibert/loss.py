@@ -1,15 +1,24 @@
 """Masked-LM cross-entropy over the labelled positions only (label -100 = ignored, as in BERT)."""
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from array_api_compat import array_namespace
 
 
-def cross_entropy_forward(logits, labels, weights):
+class CrossEntropyCache(NamedTuple):
+    probs: Any          # softmax(z) [N, V]
+    flat_target: Any    # n * V + y_n [N], the targets' indices in the flattened logits
+    norm_weights: Any   # w / sum(w) [N]
+    backend: Any        # supplies scatter_add
+
+
+def cross_entropy_forward(logits, labels, weights, backend):
     """loss = sum_n w_n * (logsumexp(z_n) - z_n[y_n]) / sum_n w_n.
 
     logits z [N, V], labels y [N] int, weights w [N] (1 for a real label, 0 for padding rows).
     logsumexp is taken after subtracting the row max, so it never overflows.
-    Cache (softmax(z) [N, V], flat indices n * V + y_n of the targets, w / sum(w)).
+    Cache (softmax(z) [N, V], flat indices n * V + y_n of the targets, w / sum(w), backend).
     """
     xp = array_namespace(logits)
     num_rows, vocab = logits.shape
@@ -18,19 +27,22 @@ def cross_entropy_forward(logits, labels, weights):
     sum_exp = xp.sum(exp_shifted, axis=-1, keepdims=True)
     log_z = xp.log(sum_exp) + row_max                                     # [N, 1]
     flat_target = xp.arange(num_rows, dtype=labels.dtype) * vocab + labels
-    target_logit = xp.take(xp.reshape(logits, (-1,)), flat_target)      # z_n[y_n], [N]
+    target_logit = xp.take(xp.reshape(logits, (-1,)), flat_target)      # [N, V] -> [N*V]; z_n[y_n], [N]
     norm_weights = weights / xp.sum(weights)
     loss = xp.sum(norm_weights * (log_z[:, 0] - target_logit))
-    return loss, (exp_shifted / sum_exp, flat_target, norm_weights)
+    return loss, CrossEntropyCache(probs=exp_shifted / sum_exp, flat_target=flat_target,
+                                   norm_weights=norm_weights, backend=backend)
 
 
-def cross_entropy_backward(cache, backend):
-    """dz_n = (softmax(z_n) - onehot(y_n)) * w_n / sum(w)   (for dLoss = 1); returns dz [N, V].
+def cross_entropy_backward(d_loss, cache: CrossEntropyCache):
+    """dz_n = d_loss * (softmax(z_n) - onehot(y_n)) * w_n / sum(w); d_loss is dLoss/dloss (1.0 when the
+    cross-entropy is the loss). Returns (dz [N, V], {}).
 
-    The one-hot term touches one entry per row, so it is a scatter-add of -w_n / sum(w) at the N flat
+    The one-hot term touches one entry per row, so it is a scatter-add of -d_loss * w_n / sum(w) at the N flat
     target indices rather than an [N, V] one-hot matrix."""
-    probs, flat_target, norm_weights = cache
+    probs = cache.probs
     xp = array_namespace(probs)
-    d_logits = xp.reshape(probs * norm_weights[:, None], (-1, 1))
-    d_logits = backend.scatter_add(d_logits, flat_target, -norm_weights[:, None])
-    return xp.reshape(d_logits, probs.shape)
+    scaled = cache.norm_weights * d_loss                                  # [N]
+    d_logits = xp.reshape(probs * scaled[:, None], (-1, 1))               # [N, V] -> [N*V, 1]
+    d_logits = cache.backend.scatter_add(d_logits, cache.flat_target, -scaled[:, None])
+    return xp.reshape(d_logits, probs.shape), {}                          # [N*V, 1] -> [N, V]

@@ -1,28 +1,35 @@
 """One training step: forward + hand-written backward over micro-batches, accumulated, then AdamW.
 
-On JAX the whole step is compiled once with jax.jit (params and optimizer state donated, so XLA updates
-their buffers in place); elsewhere it runs eagerly, updating buffers in place.
+The step is generic in the task: it takes the per-micro-batch loss-and-gradient function, so masked-LM
+pre-training (`minibert.model.forward_backward`) and fine-tuning heads share it. On JAX the whole step is
+compiled once with jax.jit (params and optimizer state donated, so XLA updates their buffers in place);
+elsewhere it runs eagerly, updating buffers in place.
 """
 from __future__ import annotations
 
-from minibert.config import BertConfig
-from minibert.model import forward_backward
 from minibert.optim import AdamWConfig, accumulate, adamw_update
 
 
-def make_train_step(config: BertConfig, opt: AdamWConfig, backend, skip_nonfinite: bool = False):
+def make_train_step(forward_backward_fn, opt: AdamWConfig, backend, skip_nonfinite: bool = False):
     """step(params, state, micro_batches, key, step_index) -> (params, state, loss, grad_norm).
 
-    micro_batches: list of device batches (`minibert.batch.device_batch`) of equal shapes; their gradients
-    are averaged. key: a backend random key for dropout, or None for no dropout. step_index: the 0-based
-    update number (int, or a 0-d int array). loss is the mean over micro-batches; grad_norm is before clipping.
+    forward_backward_fn(params, arrays, key) -> (loss as a 0-d array, dict of gradients named like params), for
+    one micro-batch; e.g. `functools.partial(minibert.model.forward_backward, config=config, backend=backend)`.
+    micro_batches: list of device batches (pytrees, e.g. `minibert.batch.DeviceBatch`) of equal shapes; their
+    gradients are averaged. key: a backend random key for dropout, or None for no dropout; micro-batch i gets
+    fold_in(key, i). step_index: the 0-based update number (int, or a 0-d int array). loss is the mean over
+    micro-batches; grad_norm is before clipping.
     skip_nonfinite: a step with a non-finite gradient leaves params and state unchanged (see `adamw_update`).
     """
+    if not callable(forward_backward_fn):
+        raise TypeError("forward_backward_fn must be a function (params, arrays, key) -> (loss, grads), got "
+                        f"{type(forward_backward_fn).__name__}")
+
     def step(params, state, micro_batches, key, step_index):
         total, loss = None, 0.0
         for i, arrays in enumerate(micro_batches):
             micro_key = None if key is None else backend.fold_in(key, i)
-            micro_loss, grads = forward_backward(params, arrays, micro_key, config=config, backend=backend)
+            micro_loss, grads = forward_backward_fn(params, arrays, micro_key)
             total = accumulate(total, grads)
             loss = loss + micro_loss
         count = len(micro_batches)

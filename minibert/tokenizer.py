@@ -1,6 +1,7 @@
 """BERT WordPiece tokenizer (lower-cased, accents stripped), trained with HuggingFace `tokenizers`.
 
-The special tokens are fixed: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. A tokenizer is fully described by
+The special tokens are fixed (`minibert.config.SPECIAL_TOKENS`): [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3,
+[MASK]=4. A tokenizer is fully described by
 its `vocab.txt` (one token per line, line number = id), which transformers' `BertTokenizerFast` reads and
 tokenizes identically: `BertTokenizerFast.from_pretrained(<its folder>)` in any version, `vocab_file=<path>` up
 to transformers 4 (5 silently ignores `vocab_file=`; pass `vocab=<path>`).
@@ -17,11 +18,9 @@ from collections.abc import Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from .config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, SPECIAL_TOKENS, UNK_ID
 from .corpus import corpus_fingerprint
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
-SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))
 MAX_WORD_CHARS = 100  # longer words become [UNK], as in BERT
 
 
@@ -41,7 +40,8 @@ def train_wordpiece(docs: Sequence[str], vocab_size: int, cache_dir: str | None 
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     vocab_path = os.path.join(cache_dir, f"{corpus_fingerprint(docs)[:16]}-v{vocab_size}", "vocab.txt")
     if not os.path.exists(vocab_path):
-        tokenizer = _bert_tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
+        tokenizer = _bert_tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS[UNK_ID],
+                                                     max_input_chars_per_word=MAX_WORD_CHARS))
         # tokenizers numbers the "##x" pieces in hash-map order, which breaks ties between merges differently
         # from run to run (huggingface/tokenizers#1794); listing them up front, sorted, makes training repeatable.
         special_tokens = list(SPECIAL_TOKENS) + _continuing_pieces(tokenizer, docs)
@@ -66,7 +66,7 @@ class WordPieceTokenizer:
             raise ValueError("the vocabulary repeats tokens")
         self._tokens = tokens
         self._ids = ids
-        self._tokenizer = _bert_tokenizer(models.WordPiece(ids, unk_token="[UNK]",
+        self._tokenizer = _bert_tokenizer(models.WordPiece(ids, unk_token=SPECIAL_TOKENS[UNK_ID],
                                                            max_input_chars_per_word=MAX_WORD_CHARS))
         self._tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # "[MASK]" in text is the mask token
 

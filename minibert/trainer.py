@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from minibert.batch import check_batch, device_batch, padded_count
 from minibert.config import PRESETS, BertConfig
 from minibert.corpus import corpus_fingerprint, load_corpus_files, load_default_corpus
 from minibert.data import IGNORE_LABEL, MLMBatcher, build_datasets
-from minibert.model import compiled, masked_lm_metrics
+from minibert.api import compiled
+from minibert.model import forward_backward, masked_lm_metrics
 from minibert.optim import AdamWConfig, init_state, learning_rate
 from minibert.params import init_host_params
 from minibert.step import make_train_step
@@ -422,7 +424,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     state = (init_state(params, backend) if host_state is None else
              {s: {k: backend.asarray(v, dtype=settings.dtype) for k, v in host_state[s].items()} for s in ("m", "v")})
     opt = settings.optimizer()
-    step_fn = make_train_step(config, opt, backend, skip_nonfinite=settings.skip_nonfinite)
+    step_fn = make_train_step(partial(forward_backward, config=config, backend=backend), opt, backend,
+                              skip_nonfinite=settings.skip_nonfinite)
     base_key = backend.key(settings.seed)
     tokens_per_step = settings.batch_size * settings.seq_len * settings.accum_steps
     dtype = params["embeddings.word"].dtype

@@ -13,7 +13,7 @@ What is timed, per library and preset, after warm-up (and compilation, for JAX):
     to the host. The reference is transformers' BertForMaskedLM (same shapes, GELU, dropout, tied decoder)
     with torch.optim.AdamW and clip_grad_norm_, in train mode, torch.set_num_threads(--threads);
   * the inference forward: Mini-BERT's `logits_all` (logits at all B*T positions, compiled via
-    minibert.model.compiled), against BertForMaskedLM(...).logits under torch.inference_mode();
+    minibert.api.compiled), against BertForMaskedLM(...).logits under torch.inference_mode();
   * a large float32 GEMM in the same process (same library and threads): the peak the step is measured against;
   * the word-embedding gradient scatter-add ([V, H] += B*T rows at the batch's word ids) in isolation.
 
@@ -186,8 +186,11 @@ class MinibertRunner:
         self.peak_before_build = _peak_rss_bytes()
         self._reset_device_peak()
 
+        from functools import partial
+
+        from minibert.api import compiled
         from minibert.batch import check_batch, device_batch
-        from minibert.model import compiled, logits_all
+        from minibert.model import forward_backward, logits_all
         from minibert.optim import AdamWConfig, init_state
         from minibert.params import init_params
         from minibert.step import make_train_step
@@ -198,7 +201,7 @@ class MinibertRunner:
         self.params = init_params(config, seed=0, backend=be)
         self.state = init_state(self.params, be)
         opt = AdamWConfig(lr=1e-4, warmup_steps=0, total_steps=10**9, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
-        self.step_fn = make_train_step(config, opt, be)
+        self.step_fn = make_train_step(partial(forward_backward, config=config, backend=be), opt, be)
         self.base_key = be.key(0) if spec["dropout"] > 0 else None
         self.infer_fn = compiled(logits_all, config, be)
         self.step_index = 0
@@ -277,7 +280,7 @@ class MinibertRunner:
     def scatter(self, reps):
         be, xp, np = self.be, self.be.xp, self.np
         config = self.config
-        ids = xp.reshape(self.arrays["input_ids"], (-1,))
+        ids = xp.reshape(self.arrays.input_ids, (-1,))
         rows = be.asarray(np.random.default_rng(2).standard_normal((ids.shape[0], config.hidden_size),
                                                                    dtype=np.float32))
         table = xp.zeros((config.vocab_size, config.hidden_size), dtype=rows.dtype, device=be.device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def test_masked_keys_get_zero_probability(backend):
     w = [backend.asarray(rng.standard_normal(s) * 0.5, dtype="float32")
          for s in ((hidden, 3 * hidden), (3 * hidden,), (hidden, hidden), (hidden,))]
     _, cache = attention_forward(x, *w, mask_bias(backend.asarray(mask), x.dtype), heads, 0.0, None, backend)
-    probs = backend.to_numpy(cache[4])                     # [B, A, T, T]
+    probs = backend.to_numpy(cache.softmax.probs)          # [B, A, T, T]
     assert np.all(probs[0, :, :, 4:] == 0.0) and np.all(probs[1, :, :, 1] == 0.0)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
 
@@ -135,7 +136,7 @@ def train_losses(backend, config, batch, steps, lr, dropout_seed=None, accum=1):
     params = init_params(config, seed=0, backend=backend)
     state = init_state(params, backend)
     opt = AdamWConfig(lr=lr, warmup_steps=min(10, steps), total_steps=steps)
-    step = make_train_step(config, opt, backend)
+    step = make_train_step(partial(forward_backward, config=config, backend=backend), opt, backend)
     checked = check_batch(batch, config)
     micro = [device_batch(checked, backend, params["embeddings.word"].dtype)] * accum
     losses = []
@@ -178,7 +179,7 @@ def test_float32_run_keeps_every_array_float32(backend):
     arrays = device_batch(check_batch(random_batch(np.random.default_rng(0), SMALL), SMALL), backend,
                           params["embeddings.word"].dtype)
     from minibert.model import encoder_forward
-    _, caches = encoder_forward(params, arrays["input_ids"], arrays["token_type_ids"], arrays["attention_mask"],
+    _, caches = encoder_forward(params, arrays.input_ids, arrays.token_type_ids, arrays.attention_mask,
                                 SMALL, backend, backend.key(0))
     seen = []
 

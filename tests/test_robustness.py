@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-import minibert.step
+import minibert.trainer
 from conftest import ROOT
 from minibert import checkpoint as ckpt
 from minibert.trainer import NonFiniteError, TrainSettings, resume_settings, train
@@ -348,7 +348,7 @@ def poisoned_step(monkeypatch, env):
     """Training in this process, where the gradient of chosen forward_backward calls (1-based) is made inf, and
     chosen calls send this process SIGINT (as Ctrl-C would)."""
     monkeypatch.setenv("MINIBERT_CACHE", env["MINIBERT_CACHE"])
-    real = minibert.step.forward_backward
+    real = minibert.trainer.forward_backward
     plan = {"calls": 0, "poison": set(), "interrupt": set()}
 
     def forward_backward(params, arrays, key=None, *, config, backend):
@@ -360,7 +360,7 @@ def poisoned_step(monkeypatch, env):
             os.kill(os.getpid(), signal.SIGINT)
         return loss, grads
 
-    monkeypatch.setattr(minibert.step, "forward_backward", forward_backward)
+    monkeypatch.setattr(minibert.trainer, "forward_backward", forward_backward)
     return plan
 
 

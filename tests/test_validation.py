@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 import backends
-import minibert.model
+import minibert.api
 from conftest import ROOT, backend_or_skip, random_batch
 from minibert import checkpoint as ckpt
+from minibert.api import loss_and_grads, mlm_logits
 from minibert.batch import check_batch, check_params
 from minibert.config import BertConfig
 from minibert.corpus import load_corpus_files
-from minibert.model import loss_and_grads, mlm_logits
 from minibert.params import init_host_params, init_params
 from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
 from minibert.trainer import TrainSettings
@@ -48,7 +48,7 @@ def no_device_work(monkeypatch):
         raise AssertionError("device work started before the input was validated")
 
     monkeypatch.setattr(backend, "asarray", started)
-    monkeypatch.setattr(minibert.model, "compiled", started)
+    monkeypatch.setattr(minibert.api, "compiled", started)
     return backend
 
 
@@ -150,7 +150,7 @@ def test_jax_never_sees_an_out_of_range_id(monkeypatch):
     transfers = []
     real_put = jax.device_put
     monkeypatch.setattr(jax, "device_put", lambda *a, **k: transfers.append(a) or real_put(*a, **k))
-    monkeypatch.setattr(minibert.model, "compiled", lambda *a, **k: pytest.fail("the compiled model was reached"))
+    monkeypatch.setattr(minibert.api, "compiled", lambda *a, **k: pytest.fail("the compiled model was reached"))
     device_ids = jax.numpy.asarray(with_(GOOD, "input_ids", pos=((1, 7), 50))["input_ids"])
     for ids in (with_(GOOD, "input_ids", pos=((1, 7), 50))["input_ids"], device_ids):
         with pytest.raises(ValueError, match=r"input_ids must be in \[0, 50\).*got value 50 at position \(1, 7\)"):

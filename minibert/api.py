@@ -1,0 +1,60 @@
+"""The public host-side API: host inputs in, checked before any device work, then the compiled model.
+
+    logits = mlm_logits(params, input_ids, attention_mask, token_type_ids, config=cfg, backend=be)  # [B, T, V]
+    loss, grads = loss_and_grads(params, batch, config=cfg, backend=be)
+
+`compiled(fn, config, backend)` binds config and backend to a model function of `minibert.model` (or any
+function with keyword arguments `config` and `backend`) and compiles it once where the backend can (JAX).
+"""
+from __future__ import annotations
+
+import weakref
+
+import backends
+from minibert.batch import check_batch, check_inputs, check_params, device_batch
+from minibert.config import BertConfig
+from minibert.model import forward_backward, logits_all
+
+# backend object -> {(fn, config): compiled fn}. Keyed by the object, not its name, so a backend registered
+# anew under an old name never gets the old one's compiled functions; weak, so a dropped backend frees them.
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forget(name: str, replaced) -> None:
+    """`backends.register` hook: drop what was compiled for the backend instance it replaced."""
+    _compiled.pop(replaced, None)
+
+
+backends.on_replace(_forget)
+
+
+def compiled(fn, config: BertConfig, backend):
+    """`fn` with config and backend bound, compiled once per (fn, config, backend object) where the backend can."""
+    per_backend = _compiled.setdefault(backend, {})
+    if (fn, config) not in per_backend:
+        def bound(*args):
+            return fn(*args, config=config, backend=backend)
+        per_backend[(fn, config)] = backend.jit(bound)
+    return per_backend[(fn, config)]
+
+
+def mlm_logits(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig, backend):
+    """Masked-LM logits at every position, [B, T, V], as a backend array (eval mode: no dropout)."""
+    host = check_inputs(input_ids, attention_mask, token_type_ids, config, backend)
+    check_params(params, config)
+    input_ids, attention_mask, token_type_ids = (backend.asarray(a) for a in host)
+    return compiled(logits_all, config, backend)(params, input_ids, attention_mask, token_type_ids)
+
+
+def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None):
+    """(loss as a Python float, dict of gradients named like `params`) for a host batch.
+
+    batch: dict of host int arrays input_ids, attention_mask, token_type_ids, labels (`IGNORE_LABEL` = -100:
+    ignored). Dropout (config.hidden_dropout, config.attention_dropout) runs only when `dropout_seed` is given.
+    """
+    checked = check_batch(batch, config, backend)
+    check_params(params, config)
+    arrays = device_batch(checked, backend, params["embeddings.word"].dtype)
+    key = None if dropout_seed is None else backend.key(dropout_seed)
+    loss, grads = compiled(forward_backward, config, backend)(params, arrays, key)
+    return float(backend.to_numpy(loss)), grads
