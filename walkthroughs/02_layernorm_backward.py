@@ -29,11 +29,11 @@ gamma, beta = 1 + 0.3 * rng.standard_normal(H), 0.1 * rng.standard_normal(H)
 
 # %% [markdown]
 # Forward: `xhat = (x - mean) * rstd`, `rstd = 1 / sqrt(var + eps)` (biased variance, over the last axis),
-# `y = gamma * xhat + beta`. The cache is `(xhat, rstd [N, 1], gamma)`.
+# `y = gamma * xhat + beta`. The cache is a named record, `LayerNormCache(xhat, rstd [N, 1], gamma)`.
 
 # %%
 y, cache = ops.layernorm_forward(x, gamma, beta, eps)
-xhat, rstd, _ = cache
+xhat, rstd = cache.xhat, cache.rstd
 print("per row: mean(xhat)", xhat.mean(-1).round(12) + 0.0, " var(xhat)", xhat.var(-1).round(9))
 np.testing.assert_allclose(rstd[:, 0], 1 / np.sqrt(x.var(-1) + eps))
 np.testing.assert_allclose(xhat.mean(-1), 0, atol=1e-12)
@@ -54,8 +54,8 @@ J_numeric = np.empty((H, H))
 for j in range(H):
     step = np.zeros(H)
     step[j] = h
-    plus = ops.layernorm_forward(x[row:row + 1] + step, gamma, beta, eps)[1][0][0]
-    minus = ops.layernorm_forward(x[row:row + 1] - step, gamma, beta, eps)[1][0][0]
+    plus = ops.layernorm_forward(x[row:row + 1] + step, gamma, beta, eps)[1].xhat[0]
+    minus = ops.layernorm_forward(x[row:row + 1] - step, gamma, beta, eps)[1].xhat[0]
     J_numeric[:, j] = (plus - minus) / (2 * h)
 print("max |J - J_numeric| =", np.abs(J - J_numeric).max())
 assert np.abs(J - J_numeric).max() < 1e-8
@@ -65,13 +65,15 @@ assert np.abs(J @ np.ones(H)).max() < 1e-12 and np.abs(J @ xhat[row]).max() < 1e
 
 # %% [markdown]
 # Backward. With `g = dy * gamma` (= dL/dxhat), `dx_j = sum_i g_i J_ij`; expanding the three terms of J gives
-# the formula of `layernorm_backward`, with no H x H matrix:
+# the formula of `layernorm_backward`, with no H x H matrix. Like every backward, it returns `(dx, grads)`,
+# grads holding the parameters' gradients under local names ("weight" = gamma, "bias" = beta):
 #
 #     dx = rstd * (g - mean(g) - xhat * mean(g * xhat))      dgamma = sum_rows dy * xhat      dbeta = sum_rows dy
 
 # %%
 R = rng.standard_normal((N, H))       # L = sum(y * R), so dL/dy = R
-dx, dgamma, dbeta = ops.layernorm_backward(R, cache)
+dx, param_grads = ops.layernorm_backward(R, cache)
+dgamma, dbeta = param_grads["weight"], param_grads["bias"]
 g = R * gamma
 np.testing.assert_allclose(dx[row], g[row] @ J, rtol=1e-12, atol=1e-12)
 np.testing.assert_allclose(dx, rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)))

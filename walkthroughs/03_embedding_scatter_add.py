@@ -47,10 +47,13 @@ print("fancy-index += row 3:", wrong[3].round(3), " correct:", loop[3].round(3))
 assert not np.allclose(wrong[3], loop[3])
 
 # %% [markdown]
-# Now `embedding_backward` on every registered backend. A backend that cannot run here (library missing,
-# no GPU) says why and is skipped. On backends with writeable arrays the table is usually updated in place
-# and returned; on JAX (immutable arrays) a new array is returned and the input is untouched. Either way the
-# model only ever uses the *returned* array.
+# Now `backend.scatter_add` and `embedding_backward` on every registered backend. A backend that cannot run
+# here (library missing, no GPU) says why and is skipped. On backends with writeable arrays `scatter_add`
+# usually updates the table in place and returns it; on JAX (immutable arrays) a new array is returned and the
+# input is untouched. Either way the model only ever uses the *returned* array. `embedding_backward(dy, cache)`
+# has the shape of every backward in `minibert/ops.py`: it returns `(d_in, grads)`, here `(None, {"weight":
+# dtable})` (integer ids have no gradient), scattering into a fresh zero table. The cache from
+# `embedding_forward` is a named record: `cache.ids`, `cache.table`, `cache.backend`.
 
 # %%
 ran = []
@@ -61,24 +64,29 @@ for name in backends.registered():
         print(f"{name:7s} skipped: {exc}")
         continue
     table = be.asarray(np.zeros((V, W)), dtype="float32")
-    result = ops.embedding_backward(be.asarray(dy), be.asarray(ids), table, be)
-    got = be.to_numpy(result)
-    np.testing.assert_allclose(got, loop, rtol=1e-6, atol=1e-6)
+    result = be.scatter_add(table, be.asarray(ids), be.asarray(dy))
+    np.testing.assert_allclose(be.to_numpy(result), loop, rtol=1e-6, atol=1e-6)
     if not be.inplace:
         assert not be.to_numpy(table).any(), "an immutable backend must leave its input alone"
+    _, cache = ops.embedding_forward(be.asarray(ids), be.asarray(np.ones((V, W)), dtype="float32"), be)
+    d_ids, grads = ops.embedding_backward(be.asarray(dy), cache)
+    assert d_ids is None
+    np.testing.assert_allclose(be.to_numpy(grads["weight"]), loop, rtol=1e-6, atol=1e-6)
     print(f"{name:7s} ok: rows 2 and 4 stay 0, row 3 = dy[0] + dy[2] + dy[3];"
-          f" returned its input buffer: {result is table} (inplace={be.inplace})")
+          f" scatter_add returned its input buffer: {result is table} (inplace={be.inplace})")
     ran.append(name)
 assert "numpy" in ran
 
 # %% [markdown]
-# In the model, `embedding_backward` adds into a table that may already hold something: the word-embedding
-# gradient first receives the MLM decoder's share (weight tying), then the input gather's share on top.
+# In the model the word-embedding table is used twice (weight tying): as the input lookup and as the MLM
+# decoder. Its gradient is the sum of both shares; `forward_backward` adds the decoder's share (from
+# `mlm_head_backward`) to the input gather's (from `encoder_backward`, this scatter-add).
 
 # %%
 be = backends.get_backend("numpy")
 decoder_share = np.full((V, W), 0.5, np.float32)
-total = ops.embedding_backward(dy, ids, decoder_share.copy(), be)
+_, grads = ops.embedding_backward(dy, ops.embedding_forward(ids, np.zeros((V, W), np.float32), be)[1])
+total = decoder_share + grads["weight"]
 np.testing.assert_allclose(total, decoder_share + loop, rtol=1e-6)
 
 # %% [markdown]
@@ -97,9 +105,10 @@ for name in ran:
     if name == "strict":
         continue                        # its fallback is a one-hot matrix product: for small checks only
     d_ids, d_dy = be.asarray(big_ids), be.asarray(big_dy)
-    ops.embedding_backward(d_dy, d_ids, be.asarray(np.zeros((8192, 128)), dtype="float32"), be)   # warm-up
+    _, cache = ops.embedding_forward(d_ids, be.asarray(np.zeros((8192, 128)), dtype="float32"), be)
+    ops.embedding_backward(d_dy, cache)                                                   # warm-up
     start = time.perf_counter()
-    fast = ops.embedding_backward(d_dy, d_ids, be.asarray(np.zeros((8192, 128)), dtype="float32"), be)
+    fast = ops.embedding_backward(d_dy, cache)[1]["weight"]
     be.synchronize(fast)
     fast_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -108,6 +117,7 @@ for name in ran:
         slow = be.scatter_add(slow, d_ids[n:n + 1], d_dy[n:n + 1])
     be.synchronize(slow)
     loop_s = (time.perf_counter() - start) * big_ids.size / 64
-    np.testing.assert_allclose(be.to_numpy(slow), ops.embedding_backward(
-        big_dy[:64], big_ids[:64], np.zeros((8192, 128), np.float32), backends.get_backend("numpy")), atol=1e-5)
+    numpy_be = backends.get_backend("numpy")
+    first = ops.embedding_forward(big_ids[:64], np.zeros((8192, 128), np.float32), numpy_be)[1]
+    np.testing.assert_allclose(be.to_numpy(slow), ops.embedding_backward(big_dy[:64], first)[1]["weight"], atol=1e-5)
     print(f"{name:7s} one scatter_add call {fast_s * 1e3:7.1f} ms   per-token loop ~{loop_s * 1e3:8.1f} ms")

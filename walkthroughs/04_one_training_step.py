@@ -11,6 +11,7 @@
 # %%
 import inspect
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ batch = {"input_ids": np.array([[2, 11, 4, 13, 14, 3, 16, 3], [2, 21, 22, 4, 3, 
 batch["labels"][0, [2, 4, 6]] = [12, 14, 16]
 batch["labels"][1, [1, 3]] = [21, 23]
 arrays = device_batch(check_batch(batch, config), be, "float32")
-print({k: tuple(v.shape) for k, v in arrays.items()}, "positions:", be.to_numpy(arrays["positions"]))
+print({k: tuple(v.shape) for k, v in arrays._asdict().items()}, "positions:", be.to_numpy(arrays.positions))
 params = init_params(config, seed=0, backend=be)
 
 # %% [markdown]
@@ -67,6 +68,8 @@ LEAF_OPS = [ops.embedding_forward, ops.linear_forward, ops.linear_backward, ops.
 def describe(value):
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return NAMES.get(id(value), "") + str(list(value.shape))
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in value.items()) + "}"
     return ", ".join(map(describe, value)) if isinstance(value, (tuple, list)) else repr(value)
 
 
@@ -98,7 +101,8 @@ be.scatter_add = traced(be.scatter_add, "backend.scatter_add")
 # %% [markdown]
 # Forward: embeddings, then the layer (attention's qkv projection, softmax over [B, A, T, T], output projection,
 # residual + LayerNorm, the FFN with GELU, residual + LayerNorm), then the head on the N labelled rows only and the
-# loss. Backward: the same ops in reverse, each `*_backward` returning the gradients of its inputs. Each
+# loss. Backward: the same ops in reverse, each `*_backward(d_out, cache)` returning `(d_in, grads)`: the gradient
+# of its input and a dict of its parameters' gradients (`{}` for GELU and softmax). Each
 # `backend.scatter_add` is one vectorised call: the head's N rows going back to their [B*T, H] positions, the
 # token-type ids and the word ids (B*T each), and wherever else the model scatters (e.g. the loss's one-hot term).
 
@@ -141,12 +145,12 @@ print("every parameter moved exactly as the closed form says; no decay for:",
       sorted(k for k in params if is_no_decay(k))[:4], "...")
 
 # %% [markdown]
-# `make_train_step` does the same (forward_backward over the micro-batches, gradients accumulated and averaged,
-# then `adamw_update`), compiled with `jit` on JAX.
+# `make_train_step` does the same (the loss-and-gradient function it is given, here `forward_backward`, over
+# the micro-batches, gradients accumulated and averaged, then `adamw_update`), compiled with `jit` on JAX.
 
 # %%
 fresh = init_params(config, seed=0, backend=be)
-step = make_train_step(config, opt, be)
+step = make_train_step(partial(forward_backward, config=config, backend=be), opt, be)
 fresh, _, step_loss, _ = step(fresh, init_state(fresh, be), [arrays], None, 0)
 assert abs(float(be.to_numpy(step_loss)) - float(be.to_numpy(loss_value))) < 1e-6
 for name in params:
