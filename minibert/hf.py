@@ -472,8 +472,9 @@ def to_transformers(params: Mapping, config: BertConfig, out_dir, vocab=None, *,
         if absent:
             raise ValueError(f"vocab lacks the special token(s) {absent}; a BERT tokenizer needs "
                              f"{list(SPECIAL_TOKENS.values())}")
-        if tokens.index(SPECIAL_TOKENS["pad_token"]) != config.pad_token_id:
-            raise ValueError(f"vocab has [PAD] at id {tokens.index(SPECIAL_TOKENS['pad_token'])} but config.pad_token_id="
+        pad = SPECIAL_TOKENS["pad_token"]
+        if tokens.index(pad) != config.pad_token_id:
+            raise ValueError(f"vocab has {pad} at id {tokens.index(pad)} but config.pad_token_id="
                              f"{config.pad_token_id}")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

@@ -43,6 +43,6 @@ def cross_entropy_backward(d_loss, cache: CrossEntropyCache):
     probs = cache.probs
     xp = array_namespace(probs)
     scaled = cache.norm_weights * d_loss                                  # [N]
-    d_logits = xp.reshape(probs * scaled[:, None], (-1, 1))               # [N, V] -> [N*V, 1]
-    d_logits = cache.backend.scatter_add(d_logits, cache.flat_target, -scaled[:, None])
+    d_logits = xp.reshape(probs * scaled[:, None], (-1, 1))               # w [N, 1]; [N, V] -> [N*V, 1]
+    d_logits = cache.backend.scatter_add(d_logits, cache.flat_target, -scaled[:, None])   # [N] -> [N, 1]
     return xp.reshape(d_logits, probs.shape), {}                          # [N*V, 1] -> [N, V]

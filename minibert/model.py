@@ -189,6 +189,7 @@ def mlm_head_backward(d_logits, cache: MLMHeadCache):
     sum_rows d_logits. Then dz = d_logits word [N, H], back through LayerNorm, GELU and the dense layer
     (dWd = rows^T d_dense, dbd = sum_rows d_dense, d rows = d_dense Wd^T)."""
     xp = array_namespace(d_logits)
+    # d_logits^T [V, N] @ z [N, H] -> [V, H]
     grads = {"embeddings.word": d_logits.T @ cache.z, "head.decoder_bias": xp.sum(d_logits, axis=0)}
     d_z = d_logits @ cache.word
     d_act, ln_grads = layernorm_backward(d_z, cache.ln)

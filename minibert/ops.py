@@ -43,6 +43,7 @@ def linear_backward(dy, cache: LinearCache):
     """From y = x W + b:  dx = dy W^T [N, I],  dW = x^T dy [I, O],  db = sum_rows dy [O].
     Returns (dx, {"weight": dW, "bias": db})."""
     xp = array_namespace(dy)
+    # W^T [O, I], x^T [I, N]
     return dy @ cache.weight.T, {"weight": cache.x.T @ dy, "bias": xp.sum(dy, axis=0)}
 
 

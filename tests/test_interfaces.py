@@ -76,7 +76,7 @@ def test_every_backward_reads_its_named_cache_by_name_and_refuses_a_bare_tuple()
     while the fields as a bare positional tuple fail loudly (AttributeError) instead of being unpacked."""
     be = backends.get_backend("numpy")
     for name, (backward, d_out, cache) in _cases(be).items():
-        assert isinstance(cache, tuple) and hasattr(type(cache), "_fields"), f"{name}: {type(cache)} is not a NamedTuple"
+        assert isinstance(cache, tuple) and hasattr(type(cache), "_fields"), f"{name}: {type(cache)} not a NamedTuple"
         d_in, grads = backward(d_out, cache)
         assert isinstance(grads, dict), name
         fields = cache._fields
