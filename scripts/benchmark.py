@@ -266,7 +266,7 @@ class MinibertRunner:
 
     def infer(self):
         a = self.arrays
-        out = self.infer_fn(self.params, a["input_ids"], a["attention_mask"], a["token_type_ids"])
+        out = self.infer_fn(self.params, a.input_ids, a.attention_mask, a.token_type_ids)
         self.be.synchronize(out)
         del out
 
