@@ -10,7 +10,7 @@ from minibert.model import forward_backward
 from minibert.optim import AdamWConfig, accumulate, adamw_update
 
 
-def make_train_step(config: BertConfig, opt: AdamWConfig, backend, skip_nonfinite: bool = False):
+def make_train_step(forward_backward_fn, opt: AdamWConfig, backend, skip_nonfinite: bool = False):
     """step(params, state, micro_batches, key, step_index) -> (params, state, loss, grad_norm).
 
     micro_batches: list of device batches (`minibert.batch.device_batch`) of equal shapes; their gradients
@@ -18,11 +18,17 @@ def make_train_step(config: BertConfig, opt: AdamWConfig, backend, skip_nonfinit
     update number (int, or a 0-d int array). loss is the mean over micro-batches; grad_norm is before clipping.
     skip_nonfinite: a step with a non-finite gradient leaves params and state unchanged (see `adamw_update`).
     """
+    if isinstance(forward_backward_fn, BertConfig):   # TEMPORARY SHIM (wt-loop): old callers pass the config
+        config = forward_backward_fn
+
+        def forward_backward_fn(params, arrays, key):
+            return forward_backward(params, arrays, key, config=config, backend=backend)
+
     def step(params, state, micro_batches, key, step_index):
         total, loss = None, 0.0
         for i, arrays in enumerate(micro_batches):
             micro_key = None if key is None else backend.fold_in(key, i)
-            micro_loss, grads = forward_backward(params, arrays, micro_key, config=config, backend=backend)
+            micro_loss, grads = forward_backward_fn(params, arrays, micro_key)
             total = accumulate(total, grads)
             loss = loss + micro_loss
         count = len(micro_batches)
