@@ -54,7 +54,8 @@ def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, 
     """Write parameters and AdamW moments (host NumPy arrays) for `step`; keep the newest `keep` checkpoints.
 
     Order: tensors (temporary file, fsync, rename), then the sidecar (same), then `latest` (same), then pruning.
-    A crash between two of these leaves `latest` on the previous complete checkpoint. Checkpoints of later
+    A crash between two of these leaves `latest` on the previous complete checkpoint; an OSError (a full disk)
+    also removes this step's files before it is raised. Checkpoints of later
     steps than `step` (left by a run that was resumed from an earlier one) are removed as well.
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -72,9 +73,14 @@ def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, 
             raise os_error_from(exc, tmp) from None
 
     atomic_write(path, write_tensors)
-    sidecar = {"file": path.name, "step": step, "size": path.stat().st_size, "sha256": _sha256(path), **extra}
-    atomic_write_bytes(path.with_suffix(".json"), json_bytes(sidecar))
-    atomic_write_bytes(run_dir / LATEST, (path.name + "\n").encode())
+    try:
+        sidecar = {"file": path.name, "step": step, "size": path.stat().st_size, "sha256": _sha256(path), **extra}
+        atomic_write_bytes(path.with_suffix(".json"), json_bytes(sidecar))
+        atomic_write_bytes(run_dir / LATEST, (path.name + "\n").encode())
+    except OSError:          # e.g. the disk filled up: `latest` still names the previous checkpoint; drop this one
+        path.with_suffix(".json").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        raise
     older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
     newer = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
     for old in newer + older[keep - 1:]:

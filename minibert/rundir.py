@@ -68,12 +68,14 @@ class RunDir:
             _remove_created(self.path, self._created)
 
     def _io_error(self, what: str, exc: OSError) -> RunIOError:
-        if self.last_checkpoint is not None:
-            safe = (f"the last complete checkpoint, {self.last_checkpoint} (step "
-                    f"{ckpt.checkpoint_step(self.last_checkpoint)}), is safe and `latest` names it. Once the "
-                    f"cause is fixed, resume with: {self.resume_command}")
-        else:
-            safe = "no checkpoint had been written yet. Once the cause is fixed, start the run again"
+        try:           # what `latest` names now, verified (also if the failed write was after `latest` moved)
+            path, sidecar = ckpt.latest_checkpoint(self.path)
+            safe = (f"the last complete checkpoint, {path} (step {sidecar['step']}), is safe and `latest` names "
+                    f"it. Once the cause is fixed, resume with: {self.resume_command}")
+        except (OSError, ValueError) as unreadable:     # CheckpointError is a ValueError
+            safe = (f"no complete checkpoint can be read in {self.path} ({unreadable}). Once the cause is fixed, "
+                    "start the run again" if self.last_checkpoint is None else
+                    f"no complete checkpoint can be read in {self.path} any more ({unreadable})")
         return RunIOError(f"could not write {what} in {self.path}: {exc}. Training stopped; no partial file was "
                           f"left; {safe}")
 
@@ -177,7 +179,7 @@ def _lock(run_dir: Path, flag: str) -> DirectoryLock:
     try:
         return DirectoryLock(run_dir, "run directory").acquire()
     except OSError as exc:
-        raise OSError(exc.errno, f"{flag} {run_dir} is not writable ({exc.strerror}: {exc.filename})") from None
+        raise type(exc)(f"{flag} {run_dir} is not writable: {exc}") from None
 
 
 def open_run(*, out: str | None, resume: str | None, settings: dict, fixed: tuple[str, ...], fallback: bool,
@@ -209,7 +211,7 @@ def open_run(*, out: str | None, resume: str | None, settings: dict, fixed: tupl
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         _remove_created(run_dir, created)
-        raise OSError(exc.errno, f"--out {run_dir} cannot be created ({exc.strerror}: {exc.filename})") from None
+        raise type(exc)(f"--out {run_dir} cannot be created: {exc}") from None
     try:
         lock = _lock(run_dir, "--out")
     except BaseException:
