@@ -25,26 +25,8 @@ from minibert.fileio import DirectoryLock, DirectoryLockedError
 from minibert.pretrain import train
 from minibert.rundir import RunIOError
 from minibert.settings import TrainSettings
-from test_robustness import TINY, assert_same_tensors, finish, latest_tensors, records, trace, write_corpus
-
-STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lock")
-    env = dict(os.environ, MINIBERT_CACHE=str(root / "cache"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    for name in ("MINIBERT_BACKEND", "JAX_ENABLE_X64"):
-        env.pop(name, None)
-    env["LOCK_CORPUS"] = str(write_corpus(root / "corpus.txt"))
-    return env
-
-
-def train_args(env, *extra):
-    return [*TINY, "--corpus", env["LOCK_CORPUS"], "--steps", str(STEPS), "--save-every", "1", "--eval-every", "3",
-            "--dropout", "0.1", *extra]
-
+from test_robustness import STEPS, assert_same_tensors, finish, latest_tensors, records, trace, train_args
+from test_robustness import env, straight as reference  # noqa: F401  (fixtures: the scripts' environment, an undisturbed run)
 
 def start(env, *args, wrapper=None, wrapper_args=()):
     """scripts/train.py in a child process, optionally run by `wrapper` (Python source that patches the
@@ -96,23 +78,6 @@ def wait_for(condition, proc, what, timeout=180):
         assert proc.poll() is None, f"the writer ended before {what}: {proc.communicate()[1][-3000:]}"
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
-
-
-@pytest.fixture(scope="module")
-def reference(env, tmp_path_factory):
-    """An undisturbed run, started in the background; `reference()` waits for it and returns its directory."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    proc = start(env, *train_args(env), "--out", run_dir)
-
-    def wait():
-        if proc.returncode is None:
-            code, _, err = finish(proc)
-            assert code == 0, err[-3000:]
-        return run_dir
-    yield wait
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
 
 
 def assert_same_run(reference_dir, run_dir):
@@ -192,7 +157,7 @@ def test_a_failed_sidecar_write_removes_that_checkpoint(env, tmp_path, monkeypat
     run_dir = tmp_path / "run"
     settings = TrainSettings(backend="numpy", config="tiny", vocab_size=1000, seq_len=32, batch_size=8, steps=5,
                              save_every=1, eval_every=100, eval_batches=1, progress=False,
-                             corpus=(env["LOCK_CORPUS"],), out=str(run_dir))
+                             corpus=(env["ROBUST_CORPUS"],), out=str(run_dir))
     with pytest.raises(RunIOError, match=rf"could not write checkpoint ckpt-00000003\.safetensors \(step 3\) in "
                                          rf"{re.escape(str(run_dir))}: \[Errno 28\] No space left on device: .*"
                                          r"ckpt-00000002\.safetensors \(step 2\), is safe"):
@@ -231,7 +196,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(env, tmp_path,
         out = tmp_path / "new" / "run"
         with pytest.raises(OSError, match=rf"--out {re.escape(str(out))} is not writable: \[Errno 30\] Read-only "
                                           r"file system: "):
-            train(TrainSettings(config="tiny", corpus=(env["LOCK_CORPUS"],), out=str(out), progress=False))
+            train(TrainSettings(config="tiny", corpus=(env["ROBUST_CORPUS"],), out=str(out), progress=False))
         assert not (tmp_path / "new").exists() and not cache.exists()
         return
     proc = start(dict(env, MINIBERT_CACHE=str(cache)), *train_args(env), "--out", out)
