@@ -112,26 +112,26 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
     bar = tqdm(total=loop.steps, initial=start, disable=not loop.progress, unit="step", dynamic_ncols=True)
 
     def save(step):
-        return _save(run, loop, backend, step, params, state, {"batcher": task.data_state(), "skipped_nonfinite": skipped})
+        extra = {"batcher": task.data_state(), "skipped_nonfinite": skipped}
+        return _save(run, loop, backend, step, params, state, extra)
 
     with StopRequested() as stop:
         try:
             for step in range(start, loop.steps):
-                started = time.perf_counter()
+                started, done = time.perf_counter(), step + 1
                 key = backend.fold_in(base_key, step) if dropout else None
                 params, state, loss, grad_norm = step_fn(params, state, task.train_batches(loop.accum_steps), key, step)
                 loss, grad_norm = float(backend.to_numpy(loss)), float(backend.to_numpy(grad_norm))
                 finite = math.isfinite(loss) and math.isfinite(grad_norm)
                 skipped += not finite
-                record = {"step": step + 1, "loss": loss, "lr": float(learning_rate(step, loop.optimizer)),
+                record = {"step": done, "loss": loss, "lr": float(learning_rate(step, loop.optimizer)),
                           "grad_norm": grad_norm,
                           "tokens_per_s": task.tokens_per_batch * loop.accum_steps / (time.perf_counter() - started)}
                 run.append_metrics({**record, "skipped_nonfinite": skipped} if loop.skip_nonfinite else record)
                 if not finite and not loop.skip_nonfinite:
-                    raise NonFiniteError(_nonfinite_message(run, step + 1, loss, grad_norm))
+                    raise NonFiniteError(_nonfinite_message(run, done, loss, grad_norm))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
-                done = step + 1
                 if done % loop.eval_every == 0 and done < loop.steps:
                     metrics = task.evaluate(params)
                     run.append_metrics({"step": done, **metrics})
@@ -139,9 +139,10 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
                 if done % loop.save_every == 0 or done == loop.steps:
                     save(done)
                 if stop.signal_name and done < loop.steps:
+                    path = save(done)
                     bar.close()
-                    log(f"{stop.signal_name} received: saved {save(done)} at step {done}. "
-                        f"Resume with: {run.resume_command}")
+                    run.plot()
+                    log(f"{stop.signal_name} received: saved {path} at step {done}. Resume with: {run.resume_command}")
                     return {"step": done, "interrupted": stop.signal_name, "run_dir": str(run.path)}
         except BaseException:
             run.plot(strict=False)

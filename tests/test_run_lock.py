@@ -26,7 +26,8 @@ from minibert.pretrain import train
 from minibert.rundir import RunIOError
 from minibert.settings import TrainSettings
 from test_robustness import STEPS, assert_same_tensors, finish, latest_tensors, records, trace, train_args
-from test_robustness import env, straight as reference  # noqa: F401  (fixtures: the scripts' environment, an undisturbed run)
+# fixtures: the scripts' environment and an undisturbed run of train_args()
+from test_robustness import env, straight as reference  # noqa: F401
 
 def start(env, *args, wrapper=None, wrapper_args=()):
     """scripts/train.py in a child process, optionally run by `wrapper` (Python source that patches the
