@@ -127,27 +127,23 @@ def check_params(params, config: BertConfig, dtype=None, where: str = "params") 
             raise ValueError(f"{where}: {name} has dtype {params[name].dtype}, expected {np.dtype(dtype)}")
 
 
-def padded_count(count: int, static_shapes: bool = True) -> int:
-    """Rows kept for the MLM head. With `static_shapes` (a compiling backend: JAX), `count` rounded up to a
-    power of two up to 128, then to a multiple of 128, so that the compiled step sees few distinct shapes;
-    otherwise `count` itself (no wasted rows)."""
-    if not static_shapes:
-        return count
+def padded_count(count: int) -> int:
+    """`count` labelled rows rounded up to a bucket: a power of two from 8 to 128, then a multiple of 128."""
     bucket = 8
     while bucket < min(count, 128):
         bucket *= 2
     return bucket if count <= 128 else -(-count // 128) * 128
 
 
-def labelled_rows(labels: np.ndarray, rows: int | None = None, static_shapes: bool = True):
+def labelled_rows(labels: np.ndarray, rows: int | None = None):
     """Where the loss is computed: (positions, targets, weights), each [rows].
 
     positions are flat indices into the B*T tokens, targets their labels, weights 1.0; padding rows
-    (up to `rows`, default `padded_count`) point at token 0 with target 0 and weight 0.
+    (up to `rows`, default none) point at token 0 with target 0 and weight 0.
     """
     flat = labels.reshape(-1)
     positions = np.flatnonzero(flat != IGNORE_LABEL).astype(np.int32)
-    rows = padded_count(positions.size, static_shapes) if rows is None else rows
+    rows = positions.size if rows is None else rows
     if rows < positions.size:
         raise ValueError(f"rows={rows} is fewer than the {positions.size} labelled positions")
     pad = rows - positions.size
@@ -167,11 +163,26 @@ class DeviceBatch(NamedTuple):
     weights: Any            # [N] float, 1 for a real label, 0 for a padding row
 
 
-def device_batch(batch: dict, backend, dtype, rows: int | None = None) -> DeviceBatch:
-    """Move a checked batch to the backend, with the labels turned into `labelled_rows`."""
-    positions, targets, weights = labelled_rows(batch["labels"], rows, backend.static_shapes)
-    return DeviceBatch(input_ids=backend.asarray(batch["input_ids"]),
-                       attention_mask=backend.asarray(batch["attention_mask"]),
-                       token_type_ids=backend.asarray(batch["token_type_ids"]),
-                       positions=backend.asarray(positions), targets=backend.asarray(targets),
-                       weights=backend.asarray(weights, dtype=dtype))
+def device_batches(batches: list, backend, dtype) -> list[DeviceBatch]:
+    """Checked host batches that one (compiled) step takes together -> device batches of one shape.
+
+    The row-padding policy, decided here only: on a backend with `static_shapes` (JAX, which compiles once per
+    input shape) every batch of the group gets the largest `padded_count` of its labelled rows, so the step sees
+    one shape per step and few shapes in all; eager backends keep each batch's exact count (no wasted rows).
+    """
+    rows = (max(padded_count(int(np.sum(b["labels"] != IGNORE_LABEL))) for b in batches)
+            if backend.static_shapes else None)
+    arrays = []
+    for batch in batches:
+        positions, targets, weights = labelled_rows(batch["labels"], rows)
+        arrays.append(DeviceBatch(input_ids=backend.asarray(batch["input_ids"]),
+                                  attention_mask=backend.asarray(batch["attention_mask"]),
+                                  token_type_ids=backend.asarray(batch["token_type_ids"]),
+                                  positions=backend.asarray(positions), targets=backend.asarray(targets),
+                                  weights=backend.asarray(weights, dtype=dtype)))
+    return arrays
+
+
+def device_batch(batch: dict, backend, dtype) -> DeviceBatch:
+    """Move one checked batch to the backend, with the labels turned into `labelled_rows` (see `device_batches`)."""
+    return device_batches([batch], backend, dtype)[0]

@@ -2,14 +2,13 @@
 
 A run directory holds `ckpt-00000100.safetensors` files (parameters, AdamW moments) each with a sidecar
 `ckpt-00000100.json` (step, size, sha256, batcher state), and a `latest` file naming the newest complete one.
-Each file is written to a temporary name, flushed, fsynced and renamed, so a crash at any moment leaves either
-the old file or the new one, never a partial file under a real name; `latest` is updated last.
+Each file is written by `minibert.fileio.atomic_write` (a temporary name, fsync, rename), so a crash at any
+moment leaves either the old file or the new one, never a partial file under a real name; `latest` is updated last.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -18,37 +17,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from minibert.config import BertConfig
+from minibert.fileio import atomic_write, atomic_write_bytes, json_bytes, os_error_from
 
 LATEST = "latest"
 RUN_CONFIG = "config.json"
 CHECKPOINT_RE = re.compile(r"ckpt-(\d{8,})\.safetensors")
-TEMPORARY_GLOB = ".*.tmp-*"          # what a writer killed mid-write leaves behind (never under a real name)
 GROUPS = ("params", "adam_m", "adam_v")
 _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupted or does not fit the run."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file, fsync and rename (and fsync the directory)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _sha256(path: Path) -> str:
@@ -71,20 +50,12 @@ def checkpoint_step(path) -> int:
     return int(match.group(1))
 
 
-def remove_stale_temporaries(run_dir) -> list[Path]:
-    """Delete the temporary files a killed writer left in `run_dir` (only one process trains a run at a time)."""
-    removed = []
-    for tmp in Path(run_dir).glob(TEMPORARY_GLOB):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
 def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, keep: int = 3) -> Path:
     """Write parameters and AdamW moments (host NumPy arrays) for `step`; keep the newest `keep` checkpoints.
 
     Order: tensors (temporary file, fsync, rename), then the sidecar (same), then `latest` (same), then pruning.
-    A crash between two of these leaves `latest` on the previous complete checkpoint. Checkpoints of later
+    A crash between two of these leaves `latest` on the previous complete checkpoint; an OSError (a full disk)
+    also removes this step's files before it is raised. Checkpoints of later
     steps than `step` (left by a run that was resumed from an earlier one) are removed as well.
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -94,14 +65,22 @@ def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, 
     tensors.update({f"adam_m/{k}": np.ascontiguousarray(v) for k, v in state["m"].items()})
     tensors.update({f"adam_v/{k}": np.ascontiguousarray(v) for k, v in state["v"].items()})
     path = run_dir / checkpoint_name(step)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"step": str(step)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    sidecar = {"file": path.name, "step": step, "size": path.stat().st_size, "sha256": _sha256(path), **extra}
-    atomic_write_json(path.with_suffix(".json"), sidecar)
-    atomic_write_bytes(run_dir / LATEST, (path.name + "\n").encode())
+
+    def write_tensors(tmp):
+        try:
+            save_file(tensors, tmp, metadata={"step": str(step)})
+        except SafetensorError as exc:       # safetensors reports OS errors (a full disk) as text
+            raise os_error_from(exc, tmp) from None
+
+    atomic_write(path, write_tensors)
+    try:
+        sidecar = {"file": path.name, "step": step, "size": path.stat().st_size, "sha256": _sha256(path), **extra}
+        atomic_write_bytes(path.with_suffix(".json"), json_bytes(sidecar))
+        atomic_write_bytes(run_dir / LATEST, (path.name + "\n").encode())
+    except OSError:          # e.g. the disk filled up: `latest` still names the previous checkpoint; drop this one
+        path.with_suffix(".json").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        raise
     older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
     newer = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
     for old in newer + older[keep - 1:]:
@@ -193,13 +172,13 @@ def latest_checkpoint(run_dir, fallback: bool = False) -> tuple[Path, dict]:
 
 
 def check_checkpoint_tensors(path, config: BertConfig, dtype: str | None = None,
-                             groups: tuple[str, ...] = GROUPS) -> None:
+                             groups: tuple[str, ...] = GROUPS, shapes: dict | None = None) -> None:
     """CheckpointError (naming the file and the tensor) unless the checkpoint at `path` holds, for each of
-    `groups` (params, adam_m, adam_v), exactly the tensors of `param_shapes(config)`, with `dtype` where given.
-    Reads the header only."""
+    `groups` (params, adam_m, adam_v), exactly the tensors of `shapes` (default `param_shapes(config)`; a task
+    with more parameters, e.g. a classifier head, passes its own), with `dtype` where given. Reads the header only."""
     from minibert.params import param_shapes
 
-    expected = param_shapes(config)
+    expected = param_shapes(config) if shapes is None else shapes
     try:
         with safe_open(str(path), framework="numpy") as f:
             header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}

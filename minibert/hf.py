@@ -23,7 +23,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from minibert.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS as _TOKENS, UNK_ID, BertConfig
+from minibert.fileio import (DirectoryLock, atomic_write, atomic_write_bytes, atomic_write_json, os_error_from,
+                             remove_stale_temporaries)
 from minibert.params import param_shapes
+from minibert.tokenizer import vocab_bytes
 
 __all__ = ["from_transformers", "to_transformers", "config_from_transformers", "config_to_transformers",
            "params_from_state_dict", "params_to_state_dict", "transformers_shapes", "HF_TO_MINI_ACT"]
@@ -437,12 +440,6 @@ def _read_vocab(vocab) -> list[str]:
     raise TypeError(f"vocab must be a path to a vocab.txt or a list of token strings, got {type(vocab).__name__}")
 
 
-def _write_json(path: str, value) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2, sort_keys=True)
-        file.write("\n")
-
-
 def to_transformers(params: Mapping, config: BertConfig, out_dir, vocab=None, *, backend=None,
                     do_lower_case: bool = True) -> str:
     """Write a folder that `transformers.BertForMaskedLM.from_pretrained(out_dir)` loads with no missing and no
@@ -454,6 +451,7 @@ def to_transformers(params: Mapping, config: BertConfig, out_dir, vocab=None, *,
     `do_lower_case=False`), so `pipeline("fill-mask", model=out_dir)` works offline. `params` may be backend
     arrays (pass `backend` to copy them with its to_numpy) or NumPy. Returns `out_dir`.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     if not isinstance(config, BertConfig):
@@ -478,14 +476,22 @@ def to_transformers(params: Mapping, config: BertConfig, out_dir, vocab=None, *,
                              f"{config.pad_token_id}")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, "config.json"), config_to_transformers(config))
-    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    if tokens is not None:
-        with open(os.path.join(out_dir, "vocab.txt"), "w", encoding="utf-8", newline="\n") as file:
-            file.write("".join(token + "\n" for token in tokens))
-        _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-            "tokenizer_class": "BertTokenizer", "do_lower_case": do_lower_case, "strip_accents": None,
-            "tokenize_chinese_chars": True, "model_max_length": config.max_position,
-            "clean_up_tokenization_spaces": True, **SPECIAL_TOKENS})
-        _write_json(os.path.join(out_dir, "special_tokens_map.json"), SPECIAL_TOKENS)
+    with DirectoryLock(out_dir, "export directory"):      # one writer at a time
+        remove_stale_temporaries(out_dir)
+        atomic_write_json(os.path.join(out_dir, "config.json"), config_to_transformers(config))
+
+        def write_model(tmp):
+            try:
+                save_file(state, tmp, metadata={"format": "pt"})
+            except SafetensorError as exc:       # safetensors reports OS errors (a full disk) as text
+                raise os_error_from(exc, tmp) from None
+
+        atomic_write(os.path.join(out_dir, "model.safetensors"), write_model)
+        if tokens is not None:
+            atomic_write_bytes(os.path.join(out_dir, "vocab.txt"), vocab_bytes(tokens))
+            atomic_write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+                "tokenizer_class": "BertTokenizer", "do_lower_case": do_lower_case, "strip_accents": None,
+                "tokenize_chinese_chars": True, "model_max_length": config.max_position,
+                "clean_up_tokenization_spaces": True, **SPECIAL_TOKENS})
+            atomic_write_json(os.path.join(out_dir, "special_tokens_map.json"), SPECIAL_TOKENS)
     return out_dir

@@ -1,13 +1,20 @@
-"""Using a trained run: load it onto a backend, evaluate it, fill in [MASK] tokens (host side)."""
+"""Using a trained run: load it onto a backend, evaluate it, fill in [MASK] tokens (host side).
+
+Readers take no lock: they read the newest complete checkpoint, also while a run is training.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 import backends
 from minibert import checkpoint as ckpt
-from minibert.api import mlm_logits
+from minibert.api import compiled, mlm_logits
+from minibert.batch import check_batch, device_batch
+from minibert.config import IGNORE_LABEL
+from minibert.model import masked_lm_metrics
 from minibert.tokenizer import WordPieceTokenizer
 
 
@@ -28,6 +35,26 @@ def load_run(run_dir, backend_name: str | None = None, dtype: str = "float32"):
                          f"vocab_size={config.vocab_size}: they must match")
     params = {k: backend.asarray(v, dtype=dtype) for k, v in host_params.items()}
     return config, params, tokenizer, backend
+
+
+def evaluate_mlm(params, heldout, config, backend, max_batches: int = 0) -> dict:
+    """Masked-LM loss (nats per masked token), perplexity and accuracy over the batches of `heldout` (a
+    `minibert.data.MLMBatcher` with fixed masking: epoch 0), the first `max_batches` of them (0 = all)."""
+    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 0:
+        raise ValueError(f"eval batches must be an int >= 0 (0 = all), got {max_batches!r}")
+    metrics_fn = compiled(masked_lm_metrics, config, backend)
+    dtype = params["embeddings.word"].dtype
+    total_nll = total_correct = total_count = 0.0
+    count = heldout.batches_per_epoch if max_batches == 0 else min(max_batches, heldout.batches_per_epoch)
+    for i in range(count):
+        batch = check_batch(heldout.batch(0, i), config)
+        nll, correct = metrics_fn(params, device_batch(batch, backend, dtype))
+        total_nll += float(backend.to_numpy(nll))
+        total_correct += float(backend.to_numpy(correct))
+        total_count += float(np.sum(batch["labels"] != IGNORE_LABEL))
+    loss = total_nll / total_count
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0)),
+            "eval_accuracy": total_correct / total_count, "eval_tokens": int(total_count)}
 
 
 def fill_mask(text: str, config, params, tokenizer: WordPieceTokenizer, backend, top_k: int = 5) -> list[list[tuple[str, float]]]:

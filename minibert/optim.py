@@ -30,10 +30,12 @@ class AdamWConfig:
     def __post_init__(self):
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {self.total_steps!r}")
-        if not 0 <= self.warmup_steps <= self.total_steps:
-            raise ValueError(f"warmup_steps must be in [0, total_steps={self.total_steps}], got {self.warmup_steps!r}")
+        if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int) or self.total_steps < 1:
+            raise ValueError(f"total_steps must be an int >= 1, got {self.total_steps!r}")
+        if (isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int)
+                or not 0 <= self.warmup_steps <= self.total_steps):
+            raise ValueError(f"warmup_steps must be an int in [0, total_steps={self.total_steps}], "
+                             f"got {self.warmup_steps!r}")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -42,7 +44,7 @@ class AdamWConfig:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm!r} (None: no clipping)")
 
 
 def learning_rate(step, cfg: AdamWConfig):

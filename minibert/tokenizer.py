@@ -13,13 +13,13 @@ than asked (it can also be larger when the corpus alphabet alone is bigger than 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, SPECIAL_TOKENS, UNK_ID
 from .corpus import corpus_fingerprint
+from .fileio import atomic_write_bytes, remove_stale_temporaries
 
 MAX_WORD_CHARS = 100  # longer words become [UNK], as in BERT
 
@@ -49,7 +49,9 @@ def train_wordpiece(docs: Sequence[str], vocab_size: int, cache_dir: str | None 
                                             show_progress=False)
         tokenizer.train_from_iterator(docs, trainer, length=len(docs))
         vocab = tokenizer.get_vocab()
-        _write_atomically(vocab_path, sorted(vocab, key=vocab.__getitem__))
+        os.makedirs(os.path.dirname(vocab_path), exist_ok=True)
+        remove_stale_temporaries(os.path.dirname(vocab_path), locked=False)   # shared cache: only dead writers'
+        atomic_write_bytes(vocab_path, vocab_bytes(sorted(vocab, key=vocab.__getitem__)))
     return WordPieceTokenizer.from_vocab(vocab_path)
 
 
@@ -76,8 +78,11 @@ class WordPieceTokenizer:
         with open(path, encoding="utf-8") as file:
             return cls(line.rstrip("\n") for line in file)
 
+    def vocab_bytes(self) -> bytes:
+        return vocab_bytes(self._tokens)
+
     def save_vocab(self, path: str) -> None:
-        _write_atomically(path, self._tokens)
+        atomic_write_bytes(path, self.vocab_bytes())
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without added [CLS]/[SEP]; special tokens written in the text ("[MASK]")
@@ -155,11 +160,6 @@ def _continuing_pieces(tokenizer: Tokenizer, docs: Sequence[str]) -> list[str]:
     return ["##" + char for char in sorted(chars)]
 
 
-def _write_atomically(path: str, tokens: Sequence[str]) -> None:
-    """Write one token per line via a temporary file, so readers never see a half-written vocabulary."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", dir=directory, delete=False,
-                                     prefix=".vocab-", suffix=".tmp") as file:
-        file.write("".join(token + "\n" for token in tokens))
-    os.replace(file.name, path)
+def vocab_bytes(tokens: Sequence[str]) -> bytes:
+    """The content of a vocab.txt: one token per line, line number = id, UTF-8."""
+    return "".join(token + "\n" for token in tokens).encode("utf-8")

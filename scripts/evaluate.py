@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minibert.inference import load_run  # noqa: E402
-from minibert.trainer import evaluate, load_data, resume_settings  # noqa: E402
+from minibert.fileio import atomic_write_json
+from minibert.inference import load_run
+from minibert.pretrain import evaluate, load_data
+from minibert.settings import resume_settings
 
 
 def main(argv=None) -> int:
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
     print(f"{'perplexity':24}{metrics['eval_perplexity']:>10.2f}")
     print(f"accuracy / baseline:    {metrics['eval_accuracy'] / max(metrics['baseline_accuracy'], 1e-12):.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({**metrics, "baseline_token": baseline_token}, indent=2) + "\n")
+        atomic_write_json(args.json, {**metrics, "baseline_token": baseline_token})
     return 0
 
 

@@ -14,11 +14,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from minibert.hf import INTEROP_HINT, from_transformers, to_transformers  # noqa: E402
+from minibert.hf import INTEROP_HINT, from_transformers, to_transformers
 
 
 def verify(out_dir: str, config, params, seed: int = 0) -> tuple[float, bool]:
@@ -79,7 +77,9 @@ def main(argv=None) -> int:
                 raise FileNotFoundError(f"{vocab} not found (pass --no-vocab to export the weights without a "
                                         "tokenizer)")
         to_transformers(params, config, args.out_dir, vocab=vocab)
-    except (OSError, ValueError, TypeError) as exc:      # a missing/corrupt run, or params that do not fit
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        # a missing or corrupt run, params that do not fit, an out_dir that cannot be written or that another
+        # process is writing (DirectoryLockedError, a RuntimeError)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out_dir}: {config.num_layers} layers, hidden {config.hidden_size}, "

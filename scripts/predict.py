@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minibert.inference import fill_mask, load_run  # noqa: E402
+from minibert.inference import fill_mask, load_run
 
 
 def main(argv=None) -> int:

@@ -12,12 +12,12 @@ import argparse
 import dataclasses
 import signal
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minibert.config import PRESETS  # noqa: E402
-from minibert.trainer import NonFiniteError, TrainSettings, resume_settings, train  # noqa: E402
+from minibert.config import PRESETS
+from minibert.loop import NonFiniteError
+from minibert.pretrain import train
+from minibert.rundir import RunIOError
+from minibert.settings import TrainSettings, resume_settings
 
 DEFAULTS = TrainSettings()
 
@@ -79,13 +79,15 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv=None) -> int:
-    """Exit status: 0 done; 2 bad input (nothing started); 1 non-finite loss or gradient (last good checkpoint
-    kept); 130 / 143 stopped by SIGINT / SIGTERM (a checkpoint was written if training had started)."""
+    """Exit status: 0 done; 2 bad input, an --out that cannot be written or a run directory in use by another
+    process (nothing started); 1 non-finite loss or gradient, or a failed write (disk full, ...) during the run
+    (the last complete checkpoint kept); 130 / 143 stopped by SIGINT / SIGTERM (a checkpoint was written if
+    training had started)."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         settings = settings_from_args(parse_args(argv))
         result = train(settings)
-    except NonFiniteError as exc:
+    except (NonFiniteError, RunIOError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError

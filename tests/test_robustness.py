@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-import minibert.trainer
+import minibert.pretrain
 from conftest import ROOT
 from minibert import checkpoint as ckpt
-from minibert.trainer import NonFiniteError, TrainSettings, resume_settings, train
+from minibert import fileio
+from minibert.loop import NonFiniteError
+from minibert.pretrain import train
+from minibert.settings import TrainSettings, resume_settings
 
 STEPS = 16
 TINY = ["--config", "tiny", "--vocab-size", "1000", "--seq-len", "32", "--batch-size", "8", "--no-progress",
@@ -189,7 +192,7 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(env, straight, tmp_p
         assert_consistent(run_dir)
         fresh = not (run_dir / ckpt.LATEST).exists() and not ckpt.complete_checkpoints(run_dir)
         log.append((phase, at, before, None if fresh else ckpt.latest_checkpoint(run_dir)[1]["step"],
-                    len(list(run_dir.glob(ckpt.TEMPORARY_GLOB)))))
+                    len(list(run_dir.glob(fileio.TEMPORARY_GLOB)))))
         if fresh:      # stopped before its first checkpoint: --resume says so, and changes nothing
             code, _, err = finish(start(env, "--resume", run_dir, "--no-progress"))
             assert code == 2 and "has no checkpoint yet" in err and f"--out {run_dir}" in err, err[-2000:]
@@ -198,7 +201,7 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(env, straight, tmp_p
     code, out, err = finish(start(env, "--resume", run_dir, "--no-progress"))
     assert code == 0, err[-3000:]
     assert "resuming" in out
-    assert not list(run_dir.glob(ckpt.TEMPORARY_GLOB)), "temporary files were left behind"
+    assert not list(run_dir.glob(fileio.TEMPORARY_GLOB)), "temporary files were left behind"
     assert len(ckpt.list_checkpoints(run_dir)) == 3
     reference = straight()
     assert_same_tensors(latest_tensors(reference), latest_tensors(run_dir))   # params and both Adam moments
@@ -212,7 +215,7 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
     def refuse(src, dst):
         raise OSError(f"simulated crash before renaming {src}")
 
-    monkeypatch.setattr(ckpt.os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OSError, match="simulated crash"):
         ckpt.atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old"
@@ -221,7 +224,7 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
     state = {"m": {"w": np.zeros((2, 3), np.float32)}, "v": {"w": np.ones((2, 3), np.float32)}}
     monkeypatch.undo()
     ckpt.save_checkpoint(tmp_path, 1, params, state, {})
-    monkeypatch.setattr(ckpt.os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OSError, match="simulated crash"):
         ckpt.save_checkpoint(tmp_path, 2, {"w": params["w"] + 1}, state, {})
     monkeypatch.undo()
@@ -229,8 +232,7 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
     assert path.name == "ckpt-00000001.safetensors" and sidecar["step"] == 1
     assert not (tmp_path / "ckpt-00000002.safetensors").exists()
     assert np.array_equal(ckpt.load_checkpoint(path)[0]["w"], params["w"])
-    assert ckpt.remove_stale_temporaries(tmp_path)            # the abandoned temporary files, now removed
-    assert not list(tmp_path.glob(ckpt.TEMPORARY_GLOB))
+    assert not list(tmp_path.glob(fileio.TEMPORARY_GLOB))    # a failed write removes its temporary file
 
 
 def test_atomic_write_killed_mid_write_leaves_the_old_file(tmp_path):
@@ -240,18 +242,18 @@ def test_atomic_write_killed_mid_write_leaves_the_old_file(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", r'''
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
-from minibert import checkpoint as ck
+from minibert import fileio
 def slow_fsync(fd):
     print("writing", flush=True)
     time.sleep(60)
-ck.os.fsync = slow_fsync
-ck.atomic_write_bytes(sys.argv[2], os.urandom(32 << 20))
+os.fsync = slow_fsync
+fileio.atomic_write_bytes(sys.argv[2], os.urandom(32 << 20))
 ''', str(ROOT), str(target)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "writing"
     child.kill()
     child.wait()
     assert target.read_bytes() == b"old contents"
-    leftovers = list(tmp_path.glob(ckpt.TEMPORARY_GLOB))
+    leftovers = list(tmp_path.glob(fileio.TEMPORARY_GLOB))
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".big.bin.tmp-")
 
 
@@ -348,7 +350,7 @@ def poisoned_step(monkeypatch, env):
     """Training in this process, where the gradient of chosen forward_backward calls (1-based) is made inf, and
     chosen calls send this process SIGINT (as Ctrl-C would)."""
     monkeypatch.setenv("MINIBERT_CACHE", env["MINIBERT_CACHE"])
-    real = minibert.trainer.forward_backward
+    real = minibert.pretrain.forward_backward
     plan = {"calls": 0, "poison": set(), "interrupt": set()}
 
     def forward_backward(params, arrays, key=None, *, config, backend):
@@ -360,7 +362,7 @@ def poisoned_step(monkeypatch, env):
             os.kill(os.getpid(), signal.SIGINT)
         return loss, grads
 
-    monkeypatch.setattr(minibert.trainer, "forward_backward", forward_backward)
+    monkeypatch.setattr(minibert.pretrain, "forward_backward", forward_backward)
     return plan
 
 
@@ -406,7 +408,7 @@ def test_skip_nonfinite_skips_the_step_counts_it_and_keeps_the_count_on_resume(e
 
 
 def test_a_second_signal_stops_at_once():
-    from minibert.trainer import StopRequested
+    from minibert.loop import StopRequested
 
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopRequested() as stop:

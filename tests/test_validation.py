@@ -27,7 +27,7 @@ from minibert.config import BertConfig
 from minibert.corpus import load_corpus_files
 from minibert.params import init_host_params, init_params
 from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
-from minibert.trainer import TrainSettings
+from minibert.settings import TrainSettings
 
 CONFIG = BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position=12)
 

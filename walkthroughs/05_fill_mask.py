@@ -4,7 +4,7 @@
 # `minibert.inference.fill_mask` predicts the tokens behind each `[MASK]`. Give it a run directory
 # (`python walkthroughs/05_fill_mask.py RUN_DIR`, or `$MINIBERT_RUN_DIR`), e.g. one made by
 # `python scripts/train.py`. Without one, this walkthrough first trains a very small run in-process with
-# `minibert.trainer.train` (config `tiny`, Python's own help topics as the corpus, 60 steps: seconds on a CPU)
+# `minibert.pretrain.train` (config `tiny`, Python's own help topics as the corpus, 60 steps: seconds on a CPU)
 # into `$MINIBERT_WALKTHROUGH_OUT/fill-mask-run` (default `<temp dir>/minibert-walkthroughs/`).
 # Guide: [docs/guide/05-mlm-head-and-weight-tying.md](../docs/guide/05-mlm-head-and-weight-tying.md).
 
@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from minibert import init_params, mlm_logits                         # noqa: E402
 from minibert.inference import fill_mask, load_run                   # noqa: E402
-from minibert.trainer import TrainSettings, train                    # noqa: E402
+from minibert.pretrain import train                                  # noqa: E402
+from minibert.settings import TrainSettings                          # noqa: E402
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 given = os.environ.get("MINIBERT_RUN_DIR") or next((a for a in sys.argv[1:] if Path(a, "config.json").exists()), None)

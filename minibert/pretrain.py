@@ -1,0 +1,181 @@
+"""Masked-LM pretraining: the first `minibert.loop.Task`, and `train(settings)` behind `scripts/train.py`.
+
+    train: settings.validate -> backend -> open_run (lock, plan, checks) -> MLMTask (corpus, tokenizer,
+           batches) -> run_loop
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from minibert import checkpoint as ckpt
+from minibert.batch import check_batch, device_batches
+from minibert.config import IGNORE_LABEL, PRESETS, BertConfig
+from minibert.corpus import corpus_fingerprint, load_corpus_files, load_default_corpus
+from minibert.data import MLMBatcher, build_datasets
+from minibert.inference import evaluate_mlm
+from minibert.loop import LoopSettings, run_loop
+from minibert.model import forward_backward
+from minibert.params import init_host_params
+from minibert.rundir import open_run
+from minibert.settings import RESUME_FIXED, TrainSettings, get_backend
+from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
+
+EVAL_SEED = 1234            # held-out masking is drawn once from this seed, the same in every evaluation
+SCRIPT = "scripts/train.py"
+
+
+@dataclass
+class Data:
+    tokenizer: WordPieceTokenizer
+    train: MLMBatcher
+    heldout: MLMBatcher
+    baseline_token: int
+    baseline_accuracy: float
+    fingerprint: str = ""       # of the corpus (train and held-out documents): a resumed run must see the same
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
+    """Corpus -> tokenizer (trained and cached, or the run's own vocab.txt) -> packed, masked batches."""
+    if settings.corpus:
+        try:
+            train_docs, heldout_docs = load_corpus_files(list(settings.corpus))
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"--corpus: {exc}") from None
+    else:
+        train_docs, heldout_docs = load_default_corpus()
+    tokenizer = (WordPieceTokenizer.from_vocab(str(vocab_path)) if vocab_path is not None
+                 else train_wordpiece(train_docs, settings.vocab_size))
+    train_seqs, heldout_seqs = build_datasets(train_docs, heldout_docs, tokenizer, settings.seq_len, settings.seed)
+    corpus = (f"--corpus {' '.join(settings.corpus)}" if settings.corpus else "the embedded corpus")
+    num_train = len(train_seqs["input_ids"])
+    if num_train < settings.batch_size:
+        raise ValueError(f"{corpus} is too small for one batch: its training part "
+                         f"({_count(len(train_docs), 'paragraph')}) packs into {_count(num_train, 'sequence')} "
+                         f"of --seq-len={settings.seq_len}, fewer than --batch-size={settings.batch_size}; "
+                         "add text, or lower --seq-len or --batch-size")
+    if len(heldout_seqs["input_ids"]) == 0:
+        raise ValueError(f"{corpus} is too small: its held-out part ({len(heldout_docs)} of "
+                         f"{_count(len(train_docs) + len(heldout_docs), 'paragraph')}) gives no sequence of "
+                         f"--seq-len={settings.seq_len}; add text (at least a few paragraphs separated by blank "
+                         "lines) or use a shorter --seq-len")
+    train = MLMBatcher(train_seqs, settings.batch_size, tokenizer.vocab_size, settings.seed)
+    eval_batch = min(settings.batch_size, len(heldout_seqs["input_ids"]))
+    heldout = MLMBatcher(heldout_seqs, eval_batch, tokenizer.vocab_size, EVAL_SEED, shuffle=False, drop_last=False)
+    counts = np.bincount(train_seqs["input_ids"].reshape(-1), minlength=tokenizer.vocab_size)
+    counts[list(tokenizer.special_ids)] = 0
+    baseline_token = int(np.argmax(counts))
+    labels = np.concatenate([heldout.batch(0, i)["labels"].reshape(-1) for i in range(heldout.batches_per_epoch)])
+    labels = labels[labels != IGNORE_LABEL]
+    return Data(tokenizer, train, heldout, baseline_token, float(np.mean(labels == baseline_token)),
+                corpus_fingerprint(train_docs + heldout_docs))
+
+
+def evaluate(params, data: Data, config: BertConfig, backend, max_batches: int = 0) -> dict:
+    """Held-out masked-LM loss, perplexity and accuracy (fixed masking), beside the most-frequent-token baseline."""
+    return {**evaluate_mlm(params, data.heldout, config, backend, max_batches),
+            "baseline_accuracy": data.baseline_accuracy}
+
+
+class MLMTask:
+    """Masked-LM pretraining as a `minibert.loop.Task`: BERT's 80/10/10 masking over packed sentence pairs."""
+
+    def __init__(self, settings: TrainSettings, config: BertConfig, data: Data, backend,
+                 init_weights: dict | None = None):
+        self.settings, self.config, self.data, self.backend = settings, config, data, backend
+        self.tokens_per_batch = settings.batch_size * settings.seq_len
+        self._init_weights = init_weights
+        self.forward_backward = partial(forward_backward, config=config, backend=backend)
+
+    def initial_params(self) -> dict:
+        if self._init_weights is not None:
+            return self._init_weights
+        return init_host_params(self.config, self.settings.seed, self.settings.dtype)
+
+    def train_batches(self, count: int) -> list:
+        batches = [check_batch(next(self.data.train), self.config) for _ in range(count)]
+        return device_batches(batches, self.backend, self.settings.dtype)
+
+    def data_state(self) -> dict:
+        return self.data.train.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.data.train.load_state_dict(state)
+
+    def evaluate(self, params) -> dict:
+        return evaluate(params, self.data, self.config, self.backend, self.settings.eval_batches)
+
+    def run_config(self) -> dict:
+        return {"baseline_token": self.data.tokenizer.id_to_token(self.data.baseline_token),
+                "corpus_fingerprint": self.data.fingerprint}
+
+    def run_files(self) -> dict[str, bytes]:
+        return {"vocab.txt": self.data.tokenizer.vocab_bytes()}
+
+    def summary(self, metrics: dict) -> str:
+        return (f"held-out loss {metrics['eval_loss']:.3f}  perplexity {metrics['eval_perplexity']:.1f}  accuracy "
+                f"{metrics['eval_accuracy']:.3f} (most-frequent-token baseline {metrics['baseline_accuracy']:.3f})")
+
+
+def _model_plan(settings: TrainSettings, run) -> tuple:
+    """(model config or None for the preset, vocab.txt to use or None to train one, initial weights or None),
+    checked before any data is read."""
+    if run.resume is not None:
+        config = ckpt.run_model_config(run.path)
+        ckpt.check_checkpoint_tensors(run.resume.checkpoint, config, settings.dtype)
+        vocab = run.path / "vocab.txt"
+        if not vocab.exists():
+            raise FileNotFoundError(f"{vocab} not found: --resume {run.path} needs the run's own vocabulary")
+        return config, vocab, None
+    if settings.init_from:
+        from minibert.hf import from_transformers
+        vocab = Path(settings.init_from) / "vocab.txt"
+        if not vocab.exists():
+            raise FileNotFoundError(f"--init-from {settings.init_from} has no vocab.txt")
+        config, weights = from_transformers(settings.init_from)
+        # the run's dropout is --dropout, as for a fresh model, not the checkpoint's training setting
+        config = dataclasses.replace(config, hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
+        return config, vocab, {k: v.astype(settings.dtype) for k, v in weights.items()}
+    return None, None, None
+
+
+def train(settings: TrainSettings, log=print) -> dict:
+    """Run (or resume) pretraining; returns the final metrics. Writes config.json, vocab.txt, checkpoints,
+    metrics.jsonl and loss.png into the run directory, which it holds locked until it returns."""
+    settings.validate()
+    backend = get_backend(settings.backend, settings.dtype)
+    with open_run(out=settings.out, resume=settings.resume, settings=settings.record(), fixed=RESUME_FIXED,
+                  fallback=settings.resume_fallback, script=SCRIPT) as run:
+        config, vocab, init_weights = _model_plan(settings, run)
+        if run.resume is not None and run.resume.step >= settings.steps:
+            log(f"{run.path} is already complete: {run.resume.checkpoint.name} is step {run.resume.step} of "
+                f"--steps={settings.steps}; nothing to do")
+            return {"step": run.resume.step, "run_dir": str(run.path), "complete": True}
+        max_position = config.max_position if config is not None else PRESETS[settings.config][4]
+        if settings.seq_len > max_position:
+            raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
+                             f"{max_position}; allowed: 5..{max_position}")
+        data = load_data(settings, vocab)
+        if config is None:
+            config = BertConfig.preset(settings.config, vocab_size=data.tokenizer.vocab_size,
+                                       hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
+        if config.vocab_size != data.tokenizer.vocab_size:
+            raise ValueError(f"the model's vocab_size={config.vocab_size} does not match the tokenizer's "
+                             f"{data.tokenizer.vocab_size} tokens")
+        if run.resume is not None and run.resume.saved.get("corpus_fingerprint") not in (None, data.fingerprint):
+            raise ckpt.CheckpointError(f"cannot resume {run.path}: the corpus changed since the run started "
+                                       "(its text differs), so the data order cannot be replayed")
+        loop = LoopSettings(steps=settings.steps, optimizer=settings.optimizer(), seed=settings.seed,
+                            dtype=settings.dtype, eval_every=settings.eval_every, save_every=settings.save_every,
+                            keep_checkpoints=settings.keep_checkpoints, accum_steps=settings.accum_steps,
+                            skip_nonfinite=settings.skip_nonfinite, progress=settings.progress,
+                            record=settings.record())
+        return run_loop(MLMTask(settings, config, data, backend, init_weights), run, loop, backend, log)

@@ -1,0 +1,153 @@
+"""Pretraining run settings: the command-line flags of `scripts/train.py` as one frozen dataclass, checked once.
+
+`validate` checks what only the command line knows (types, counts, paths, flag combinations) and lets the classes
+that own a value check its range: `AdamWConfig` (lr, warm-up, weight decay, clipping) and `BertConfig` (preset,
+dropout), their messages given with the flag's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import backends
+from minibert import checkpoint as ckpt
+from minibert.config import BertConfig
+from minibert.optim import AdamWConfig
+from minibert.tokenizer import SPECIAL_TOKENS
+
+DTYPES = ("float32", "float64")
+
+# field names of AdamWConfig / BertConfig in their error messages -> the flag that sets them
+_FLAG_OF_FIELD = {"warmup_steps": "--warmup", "total_steps": "--steps", "lr": "--lr", "weight_decay": "--weight-decay",
+                  "clip_norm": "--clip-norm", "BertConfig.hidden_dropout": "--dropout"}
+_FIELD_RE = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(k) for k in _FLAG_OF_FIELD) + r")\b")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a run depends on. Field names are the command-line flags (with - for _)."""
+
+    backend: str | None = None
+    config: str = "seed"
+    corpus: tuple[str, ...] = ()
+    vocab_size: int = 8192
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 64
+    accum_steps: int = 1
+    lr: float = 1e-3
+    warmup: int | None = None      # None = 10% of steps
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    dropout: float = 0.1
+    seed: int = 0
+    eval_every: int = 200
+    eval_batches: int = 0          # 0 = the whole held-out split
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    dtype: str = "float32"
+    out: str | None = None
+    resume: str | None = None
+    resume_fallback: bool = False
+    init_from: str | None = None
+    skip_nonfinite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise on a bad value, naming the flag and showing the value, before any work starts."""
+        if self.backend is not None and not (isinstance(self.backend, str) and self.backend):
+            raise TypeError(f"--backend must be a backend name, got {self.backend!r}")
+        for name in ("steps", "batch_size", "accum_steps", "eval_every", "save_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{flag(name)} must be a positive int, got {value!r}")
+        if not _is_int(self.vocab_size) or self.vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"--vocab-size must be an int > {len(SPECIAL_TOKENS)} (the special tokens "
+                             f"{', '.join(SPECIAL_TOKENS)} come first), got {self.vocab_size!r}")
+        if not _is_int(self.seq_len) or self.seq_len < 5:
+            raise ValueError(f"--seq-len must be an int >= 5 ([CLS] a [SEP] b [SEP]), got {self.seq_len!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative int, got {self.seed!r}")
+        if not _is_int(self.eval_batches) or self.eval_batches < 0:
+            raise ValueError(f"--eval-batches must be an int >= 0 (0 = all), got {self.eval_batches!r}")
+        for name in ("lr", "weight_decay", "clip_norm", "dropout"):
+            if not _is_real(getattr(self, name)):
+                raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.corpus, (tuple, list)) or not all(isinstance(c, str) and c for c in self.corpus):
+            raise TypeError(f"--corpus must be a list of file paths or globs, got {self.corpus!r}")
+        for name in ("out", "resume", "init_from"):
+            if getattr(self, name) is not None and not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                raise TypeError(f"{flag(name)} must be a directory path, got {getattr(self, name)!r}")
+        if self.resume and self.init_from:
+            raise ValueError("--resume and --init-from cannot be used together: a resumed run already has weights")
+        if self.resume_fallback and not self.resume:
+            raise ValueError("--resume-fallback only applies with --resume DIR")
+        try:                      # the ranges, as the classes that use them define them
+            self.optimizer()
+            BertConfig.preset(self.config, hidden_dropout=self.dropout, attention_dropout=self.dropout)
+        except ValueError as exc:
+            message = _FIELD_RE.sub(lambda m: _FLAG_OF_FIELD[m.group(1)], str(exc))
+            raise ValueError(("--config: " if message.startswith("unknown preset") else "") + message) from None
+
+    def optimizer(self) -> AdamWConfig:
+        warmup = self.steps // 10 if self.warmup is None else self.warmup
+        return AdamWConfig(lr=self.lr, warmup_steps=warmup, total_steps=self.steps,
+                           weight_decay=self.weight_decay, clip_norm=self.clip_norm)
+
+    def record(self) -> dict:
+        """The settings as JSON values (config.json's "training")."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
+RESUME_FIXED = ("config", "corpus", "vocab_size", "batch_size", "seq_len", "accum_steps", "lr", "warmup",
+                "weight_decay", "clip_norm", "dropout", "seed", "dtype", "steps", "init_from")
+
+
+def resume_settings(run_dir, **overrides) -> TrainSettings:
+    """The saved settings of a run, with `overrides` (for `--resume DIR` given alone)."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"--resume {run_dir}: no such directory")
+    saved = ckpt.read_run_config(run_dir).get("training")
+    if not isinstance(saved, dict):
+        raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.RUN_CONFIG} has no \"training\" section: "
+                                   f"--resume {run_dir} needs a run written by scripts/train.py")
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    values = {k: (tuple(v) if k == "corpus" else v) for k, v in saved.items() if k in fields}
+    values.update(overrides, resume=str(run_dir))
+    return TrainSettings(**values)
+
+
+def get_backend(name: str | None, dtype: str):
+    """The backend, with `dtype` checked; errors say where the backend name came from."""
+    try:
+        backend = backends.get_backend(name)
+    except (ValueError, backends.BackendUnavailableError) as exc:
+        source = (f"--backend {name}" if name else
+                  f"${backends.ENV_VAR}={os.environ[backends.ENV_VAR]}" if os.environ.get(backends.ENV_VAR)
+                  else f"default backend {backends.DEFAULT_BACKEND}")
+        raise type(exc)(f"{source}: {exc}") from None
+    try:
+        backend.dtype(dtype)
+    except ValueError as exc:
+        raise ValueError(f"--dtype {dtype}: {exc}") from None
+    return backend
