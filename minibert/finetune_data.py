@@ -28,6 +28,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .metrics import majority_baseline
+
 SEQUENCE_EXTENSIONS = (".tsv", ".csv", ".jsonl")
 DEFAULT_TEXT_COLUMNS = ("sentence", "text")  # tried in this order when no text column is given
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -70,6 +72,15 @@ class TaskData:
     @property
     def num_labels(self) -> int:
         return 1 if self.regression else len(self.label2id)
+
+    def majority_baseline(self) -> float:
+        """Accuracy on the evaluation examples (per word for the token task) of always predicting the most
+        frequent training label (the first in the label map on a tie)."""
+        if self.regression or not self.eval:
+            raise ValueError("a majority baseline needs class labels and evaluation examples")
+        train, evaluation = ([self.label2id[label] for label in _labels_of(examples)]
+                             for examples in (self.train, self.eval))
+        return majority_baseline(train, evaluation)
 
 
 def load_sequence_task(train_path: str, eval_path: str | None = None, *, text_column: str | None = None,
