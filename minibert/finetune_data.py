@@ -187,10 +187,12 @@ def check_labels(examples: Sequence[SequenceExample | TokenExample], label2id: d
                  path: str | None = "<examples>", column: str = "label") -> None:
     """Raise if an example has a label (or tag) that `label2id` (the training labels) lacks, naming it."""
     for example in examples:
-        for label in _labels_of([example]):
+        for j, label in enumerate(_labels_of([example])):
             if label not in label2id:
-                raise DataFileError(f"{path}, line {example.line}: {column} {label!r} never occurs in the "
-                                    f"training data, whose labels are {list(label2id)}")
+                where = (f"line {example.line} (word {j + 1}, {example.words[j]!r})"
+                         if isinstance(example, TokenExample) else f"line {example.line}")
+                raise DataFileError(f"{path}, {where}: {column} {label!r} never occurs in the training data, "
+                                    f"whose labels are {list(label2id)}")
 
 
 def _labels_of(examples: Iterable[SequenceExample | TokenExample]) -> Iterable[str]:
