@@ -23,10 +23,12 @@ from .finetune_data import SequenceExample, TaskData, TokenExample, build_label_
 
 DEFAULT_NUM_PACKAGES = 10
 _TOPICS_PREFIX = "pydoc_data.topics:"
-_WORD = re.compile(r"\w+(?:\.\w+)*")  # a word with its dotted parts ("asyncio.events")
-_EMPTY_MARKUP = re.compile(r"(?::[\w.+-]+:)*(``|`)\s*(?:``|`|')")  # role/literal markup left empty
+_ROLES = r"(?::(?:[\w.+-]+:)+)"  # ":func:", ":py:meth:"
+# A word with its dotted parts ("asyncio.events"), alone or as the whole of a markup span (":mod:`asyncio`").
+_WORD = re.compile(rf"{_ROLES}?(?P<quote>``|`)[~!]?(?P<quoted>\w+(?:\.\w+)*(?:\(\))?)(?:(?P=quote)|')"
+                   r"|(?P<word>\w+(?:\.\w+)*)")
 # Code markup: ``literal``, :role:`target` (any number of :domain:role: parts), `default role` or `old style'.
-_CODE_SPAN = re.compile(r"``(?P<literal>[^`]+?)``|(?P<roles>(?::[\w.+-]+:)+)`(?P<target>[^`]+)`"
+_CODE_SPAN = re.compile(rf"``(?P<literal>[^`]+?)``|(?P<roles>{_ROLES})`(?P<target>[^`]+)`"
                         r"|(?<![\w`])`(?P<default>[^`'\s][^`']*?)[`'](?!_)")
 _CODE_ROLES = frozenset({"func", "meth", "class", "mod", "attr", "data", "const", "exc", "obj", "samp",
                          "keyword", "envvar", "option", "program", "file", "type"})
@@ -64,12 +66,15 @@ def docstring_package_task(num_packages: int = DEFAULT_NUM_PACKAGES) -> TaskData
 
 
 def remove_names(text: str, names: list[str]) -> str:
-    """`text` without the words (dotted parts included) that contain any of `names`, case-insensitively, nor
-    the markup such a removal leaves empty; whitespace collapsed."""
+    """`text` without the words (dotted parts included) that contain any of `names`, case-insensitively, with
+    their markup when a word is all of a markup span (``asyncio.run()``, :mod:`asyncio`); whitespace collapsed."""
     lowered = [name.lower() for name in names]
-    text = _WORD.sub(lambda match: "" if any(name in match.group().lower() for name in lowered)
-                     else match.group(), text)
-    return " ".join(_EMPTY_MARKUP.sub("", text).split())
+
+    def keep_or_remove(match: re.Match) -> str:
+        word = (match.group("quoted") or match.group("word")).lower()
+        return "" if any(name in word for name in lowered) else match.group()
+
+    return " ".join(_WORD.sub(keep_or_remove, text).split())
 
 
 def code_span_task() -> TaskData:
