@@ -97,8 +97,9 @@ def load_sequence_task(train_path: str, eval_path: str | None = None, *, text_co
     evaluation = [] if eval_path is None else read_sequence_file(eval_path, **columns)
     if regression:
         return TaskData("sequence", train, evaluation, regression=True)
-    label2id, id2label = build_label_map(train, path=train_path, column=label_column)
-    check_labels(evaluation, label2id, path=eval_path, column=label_column)
+    column = f"label column {label_column!r}"
+    label2id, id2label = build_label_map(train, path=train_path, column=column)
+    check_labels(evaluation, label2id, path=eval_path, column=column)
     return TaskData("sequence", train, evaluation, label2id, id2label)
 
 
@@ -108,7 +109,8 @@ def load_token_task(train_path: str, eval_path: str | None = None, *, tag_column
     columns = dict(tag_column=tag_column, tokens_column=tokens_column, tags_column=tags_column)
     train = read_token_file(train_path, **columns)
     evaluation = [] if eval_path is None else read_token_file(eval_path, **columns)
-    column = tags_column if train_path.endswith(".jsonl") else f"tag column {tag_column}"
+    column = (f"tags column {tags_column!r}" if train_path.lower().endswith(".jsonl")
+              else f"tag column {tag_column}")
     label2id, id2label = build_label_map(train, path=train_path, column=column)
     check_labels(evaluation, label2id, path=eval_path, column=column)
     return TaskData("token", train, evaluation, label2id, id2label)
@@ -170,7 +172,7 @@ def read_token_file(path: str, *, tag_column: int = -1, tokens_column: str = "to
 
 
 def build_label_map(examples: Sequence[SequenceExample | TokenExample], *, path: str = "<examples>",
-                    column: str = "label") -> tuple[dict[str, int], dict[int, str]]:
+                    column: str = "label column") -> tuple[dict[str, int], dict[int, str]]:
     """(label2id, id2label) of the labels (or tags) of training examples, sorted: as integers when every label
     is one (so "10" comes after "9"), else as strings. Fewer than two classes is an error."""
     labels = sorted(set(_labels_of(examples)))
@@ -184,15 +186,15 @@ def build_label_map(examples: Sequence[SequenceExample | TokenExample], *, path:
 
 
 def check_labels(examples: Sequence[SequenceExample | TokenExample], label2id: dict[str, int], *,
-                 path: str | None = "<examples>", column: str = "label") -> None:
+                 path: str | None = "<examples>", column: str = "label column") -> None:
     """Raise if an example has a label (or tag) that `label2id` (the training labels) lacks, naming it."""
     for example in examples:
         for j, label in enumerate(_labels_of([example])):
             if label not in label2id:
                 where = (f"line {example.line} (word {j + 1}, {example.words[j]!r})"
                          if isinstance(example, TokenExample) else f"line {example.line}")
-                raise DataFileError(f"{path}, {where}: {column} {label!r} never occurs in the training data, "
-                                    f"whose labels are {list(label2id)}")
+                raise DataFileError(f"{path}, {where}: label {label!r} ({column}) never occurs in the training "
+                                    f"data, whose labels are {list(label2id)}")
 
 
 def _labels_of(examples: Iterable[SequenceExample | TokenExample]) -> Iterable[str]:

@@ -61,7 +61,7 @@ def docstring_package_task(num_packages: int = DEFAULT_NUM_PACKAGES) -> TaskData
                 (evaluation if doc in heldout else train).append(SequenceExample(text, package))
     train_texts = {example.text for example in train}
     evaluation = [example for example in evaluation if example.text not in train_texts]
-    label2id, id2label = build_label_map(train, path="docstring_package_task", column="package")
+    label2id, id2label = build_label_map(train, path="docstring_package_task", column="package label")
     return TaskData("sequence", train, evaluation, label2id, id2label)
 
 
@@ -94,7 +94,7 @@ def code_span_task() -> TaskData:
             example = code_span_example(doc)
             if example is not None:
                 (evaluation if doc in heldout else train).append(example)
-    label2id, id2label = build_label_map(train, path="code_span_task", column="tag")
+    label2id, id2label = build_label_map(train, path="code_span_task", column="tag label")
     return TaskData("token", train, evaluation, label2id, id2label)
 
 

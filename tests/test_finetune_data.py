@@ -132,17 +132,18 @@ def test_one_class_and_unseen_label_errors(tmp_path):
     train = write(tmp_path, "train.tsv", "sentence\tlabel\nx\tpos\ny\tpos\n")
     with pytest.raises(DataFileError) as info:
         load_sequence_task(train)
-    assert "train.tsv" in str(info.value) and "only one class ('pos')" in str(info.value)
+    assert "train.tsv" in str(info.value) and "label column 'label' has only one class ('pos')" in str(info.value)
     train = write(tmp_path, "train.tsv", "sentence\tlabel\nx\tpos\ny\tneg\n")
     evaluation = write(tmp_path, "dev.tsv", "sentence\tlabel\nx\tpos\nz\tneutral\n")
     with pytest.raises(DataFileError) as info:
         load_sequence_task(train, evaluation)
     assert all(part in str(info.value) for part in ("dev.tsv", "line 3", "'neutral'", "['neg', 'pos']"))
     conll = write(tmp_path, "t.conll", "a\tO\nb\tO\n")
-    with pytest.raises(DataFileError, match="only one class"):
+    with pytest.raises(DataFileError, match="t.conll: the tag column -1 has only one class"):
         load_token_task(conll)
     good = write(tmp_path, "g.conll", "a\tO\nb\tB-X\n")
-    with pytest.raises(DataFileError, match=r"e.conll, line 1 \(word 2, 'b'\): tag column -1 'B-Y' never occurs"):
+    unseen = r"e.conll, line 1 \(word 2, 'b'\): label 'B-Y' \(tag column -1\) never occurs"
+    with pytest.raises(DataFileError, match=unseen):
         load_token_task(good, write(tmp_path, "e.conll", "a\tO\nb\tB-Y\n"))
 
 
@@ -192,7 +193,7 @@ def test_sequence_examples_labels(tok):
     assert encoded.labels.dtype == np.int32 and encoded.labels.tolist() == [1, 0]
     regression = encode_sequence_examples([SequenceExample("a", 0.5)], tok, 8, label2id=None)
     assert regression.labels.dtype == np.float32 and regression.labels.tolist() == [0.5]
-    with pytest.raises(DataFileError, match="'pos' never occurs"):
+    with pytest.raises(DataFileError, match=r"'pos' \(label column\) never occurs"):
         encode_sequence_examples(examples, tok, 8, label2id={"neg": 0})
 
 
