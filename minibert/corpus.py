@@ -43,6 +43,16 @@ def load_default_corpus() -> tuple[list[str], list[str]]:
     return split_heldout(_clean_documents(_default_texts()))
 
 
+def load_default_documents() -> list[tuple[str, str]]:
+    """The embedded corpus as (source, document) pairs in corpus order, before the held-out split.
+
+    The documents are exactly those of `load_default_corpus` (`split_heldout` of them gives its two parts); the
+    source of each is `"pydoc_data.topics:<topic>"` or the path of its stdlib file relative to the stdlib root,
+    with "/" separators (e.g. `"email/message.py"`). A paragraph repeated in several sources keeps its first.
+    """
+    return _clean_sourced_documents(_default_sourced_texts())
+
+
 def load_corpus_files(paths: list[str]) -> tuple[list[str], list[str]]:
     """UTF-8 text files (paths or glob patterns) as (train_docs, heldout_docs), one document per paragraph."""
     texts = (_read_utf8(path) for path in _expand_paths(paths))
@@ -84,25 +94,38 @@ def _unit_hash(text: str) -> float:
 
 def _clean_documents(texts: Iterable[str]) -> list[str]:
     """Split texts into paragraphs, collapse whitespace, drop text-free and repeated paragraphs."""
+    return [doc for _, doc in _clean_sourced_documents(("", text) for text in texts)]
+
+
+def _clean_sourced_documents(sourced_texts: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`_clean_documents` of (source, text) pairs, each document paired with the source of its text."""
     seen = set()
     docs = []
-    for text in texts:
+    for source, text in sourced_texts:
         for paragraph in _BLANK_LINES.split(text.replace("\r\n", "\n")):
             lines = [line for line in paragraph.split("\n") if not _UNDERLINE.match(line)]
             doc = " ".join(" ".join(lines).split())
             if doc and any(char.isalnum() for char in doc) and doc not in seen:
                 seen.add(doc)
-                docs.append(doc)
+                docs.append((source, doc))
     return docs
 
 
 def _default_texts() -> Iterator[str]:
+    return (text for _, text in _default_sourced_texts())
+
+
+def _default_sourced_texts() -> Iterator[tuple[str, str]]:
+    """(source, text) of every text of the default corpus, in corpus order (see `load_default_documents`)."""
     from pydoc_data.topics import topics
 
     for name in sorted(topics):
-        yield topics[name]
+        yield f"pydoc_data.topics:{name}", topics[name]
+    root = sysconfig.get_paths()["stdlib"]
     for path in _stdlib_sources():
-        yield from _docstrings(path)
+        source = os.path.relpath(path, root).replace(os.sep, "/")
+        for docstring in _docstrings(path):
+            yield source, docstring
 
 
 def _stdlib_sources() -> list[str]:

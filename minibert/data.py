@@ -72,61 +72,40 @@ def mask_tokens(input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int
     return masked_ids.astype(np.int32), labels.astype(np.int32)
 
 
-class MLMBatcher:
-    """Endless masked-LM batches over packed sequences, exactly resumable.
+class EpochBatcher:
+    """Endless batches visiting `num_sequences` rows epoch after epoch, exactly resumable (a base class).
 
-    Each epoch visits the sequences in an order drawn from (seed, epoch) (or in stored order with
-    `shuffle=False`), and each batch is masked anew from (seed, epoch, batch index). So a batch is a pure
-    function of (seed, epoch, index) -- see `batch` -- and the iteration state is just (epoch, position).
-    With `drop_last` (the default) every batch has exactly `batch_size` rows; otherwise the last one of an
-    epoch holds the remainder.
+    Each epoch visits the rows in an order drawn from (seed, epoch) (or in stored order with `shuffle=False`);
+    a subclass's `batch(epoch, index)` builds batch `index` of an epoch from `rows(epoch, index)` as a pure
+    function of (seed, epoch, index), so the iteration state is just (epoch, position): `state_dict` saves it,
+    `load_state_dict` restores it. With `drop_last` every batch has exactly `batch_size` rows; otherwise the
+    last one of an epoch holds the remainder.
     """
 
-    def __init__(self, sequences: dict[str, np.ndarray], batch_size: int, vocab_size: int, seed: int, *,
-                 shuffle: bool = True, drop_last: bool = True, mask_prob: float = MASK_PROB,
-                 special_ids: Sequence[int] = SPECIAL_IDS, mask_id: int = MASK_ID):
-        self.sequences = {name: np.asarray(sequences[name], dtype=np.int32)
-                          for name in ("input_ids", "attention_mask", "token_type_ids")}
-        num_sequences = len(self.sequences["input_ids"])
-        if num_sequences < batch_size:
-            raise ValueError(f"only {num_sequences} sequences, fewer than one batch of batch_size={batch_size}; "
-                             f"use a bigger corpus, a shorter seq_len or a smaller batch")
+    def __init__(self, num_sequences: int, batch_size: int, seed: int, *, shuffle: bool, drop_last: bool):
         if seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed}")
+        self.num_sequences = num_sequences
         self.batch_size = batch_size
-        self.vocab_size = vocab_size
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.mask_prob = mask_prob
-        self.special_ids = tuple(special_ids)
-        self.mask_id = mask_id
         self.epoch = 0
         self.position = 0
         self._order_cache: tuple[int, np.ndarray] | None = None
-
-    @property
-    def num_sequences(self) -> int:
-        return len(self.sequences["input_ids"])
 
     @property
     def batches_per_epoch(self) -> int:
         full, remainder = divmod(self.num_sequences, self.batch_size)
         return full + (remainder > 0 and not self.drop_last)
 
-    def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        """Batch `index` of `epoch` (the same every time it is asked for)."""
+    def rows(self, epoch: int, index: int) -> np.ndarray:
+        """The row numbers of batch `index` of `epoch`."""
         if not 0 <= index < self.batches_per_epoch:
             raise IndexError(f"batch index {index} is out of range [0, {self.batches_per_epoch})")
-        rows = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        batch = {name: array[rows] for name, array in self.sequences.items()}
-        rng = np.random.default_rng((self.seed, _MASK_STREAM, epoch, index))
-        batch["input_ids"], batch["labels"] = mask_tokens(
-            batch["input_ids"], rng, self.vocab_size, special_ids=self.special_ids, mask_id=self.mask_id,
-            mask_prob=self.mask_prob)
-        return batch
+        return self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
 
-    def __iter__(self) -> "MLMBatcher":
+    def __iter__(self) -> "EpochBatcher":
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -154,7 +133,7 @@ class MLMBatcher:
         self.epoch, self.position = epoch, position
 
     def _order(self, epoch: int) -> np.ndarray:
-        """The sequence order of `epoch` (cached for the latest epoch asked)."""
+        """The row order of `epoch` (cached for the latest epoch asked)."""
         if self._order_cache is None or self._order_cache[0] != epoch:
             if self.shuffle:
                 order = np.random.default_rng((self.seed, _SHUFFLE_STREAM, epoch)).permutation(self.num_sequences)
@@ -162,6 +141,39 @@ class MLMBatcher:
                 order = np.arange(self.num_sequences)
             self._order_cache = (epoch, order)
         return self._order_cache[1]
+
+
+class MLMBatcher(EpochBatcher):
+    """Endless masked-LM batches over packed sequences, exactly resumable (see `EpochBatcher`).
+
+    Each batch is masked anew from (seed, epoch, batch index), so a batch is a pure function of
+    (seed, epoch, index) -- see `batch`. `drop_last` defaults to True (every batch has `batch_size` rows).
+    """
+
+    def __init__(self, sequences: dict[str, np.ndarray], batch_size: int, vocab_size: int, seed: int, *,
+                 shuffle: bool = True, drop_last: bool = True, mask_prob: float = MASK_PROB,
+                 special_ids: Sequence[int] = SPECIAL_IDS, mask_id: int = MASK_ID):
+        self.sequences = {name: np.asarray(sequences[name], dtype=np.int32)
+                          for name in ("input_ids", "attention_mask", "token_type_ids")}
+        num_sequences = len(self.sequences["input_ids"])
+        if num_sequences < batch_size:
+            raise ValueError(f"only {num_sequences} sequences, fewer than one batch of batch_size={batch_size}; "
+                             f"use a bigger corpus, a shorter seq_len or a smaller batch")
+        super().__init__(num_sequences, batch_size, seed, shuffle=shuffle, drop_last=drop_last)
+        self.vocab_size = vocab_size
+        self.mask_prob = mask_prob
+        self.special_ids = tuple(special_ids)
+        self.mask_id = mask_id
+
+    def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        """Batch `index` of `epoch` (the same every time it is asked for)."""
+        rows = self.rows(epoch, index)
+        batch = {name: array[rows] for name, array in self.sequences.items()}
+        rng = np.random.default_rng((self.seed, _MASK_STREAM, epoch, index))
+        batch["input_ids"], batch["labels"] = mask_tokens(
+            batch["input_ids"], rng, self.vocab_size, special_ids=self.special_ids, mask_id=self.mask_id,
+            mask_prob=self.mask_prob)
+        return batch
 
 
 def build_datasets(train_docs: Sequence[str], heldout_docs: Sequence[str], tokenizer: WordPieceTokenizer, seq_len: int,
