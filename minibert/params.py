@@ -34,13 +34,26 @@ def param_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
             f"layers.{i}.ffn.ln.weight": (hidden,),
             f"layers.{i}.ffn.ln.bias": (hidden,),
         })
-    shapes.update({
-        "head.dense.weight": (hidden, hidden),
-        "head.dense.bias": (hidden,),
-        "head.ln.weight": (hidden,),
-        "head.ln.bias": (hidden,),
-        "head.decoder_bias": (config.vocab_size,),
-    })
+    shapes.update(head_shapes(config))
+    return shapes
+
+
+def head_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The head's parameters for `config.task`: the MLM head ("mlm"); pooler + classifier ("sequence", as
+    BertForSequenceClassification); classifier only ("token", as BertForTokenClassification, which has no pooler)."""
+    hidden = config.hidden_size
+    if config.task == "mlm":
+        return {
+            "head.dense.weight": (hidden, hidden),
+            "head.dense.bias": (hidden,),
+            "head.ln.weight": (hidden,),
+            "head.ln.bias": (hidden,),
+            "head.decoder_bias": (config.vocab_size,),
+        }
+    shapes = {}
+    if config.task == "sequence":
+        shapes.update({"pooler.dense.weight": (hidden, hidden), "pooler.dense.bias": (hidden,)})
+    shapes.update({"classifier.weight": (hidden, config.num_labels), "classifier.bias": (config.num_labels,)})
     return shapes
 
 
@@ -54,8 +67,8 @@ def is_no_decay(name: str) -> bool:
 
 
 def init_host_params(config: BertConfig, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
-    """BERT's initialisation on the host: weights and embeddings ~ N(0, initializer_range^2), biases 0,
-    LayerNorm weights 1, the [PAD] word embedding 0. Drawn in float64 from one seeded generator in `param_shapes` order, then cast,
+    """BERT's initialisation on the host: weights and embeddings ~ N(0, initializer_range^2) (the pooler and
+    classifier of a classification config too), biases 0, LayerNorm weights 1, the [PAD] word embedding 0. Drawn in float64 from one seeded generator in `param_shapes` order, then cast,
     so a seed gives the same weights on every backend and in every dtype."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
