@@ -86,6 +86,41 @@ def init_host_params(config: BertConfig, seed: int = 0, dtype: str = "float32") 
     return params
 
 
+def init_classifier_from(encoder_params, config: BertConfig, seed: int = 0,
+                         dtype: str = "float32") -> tuple[dict[str, np.ndarray], list[str]]:
+    """Host params for the classification `config` that start from a pretrained encoder: (params in
+    `param_shapes(config)` order, the names initialised fresh).
+
+    `encoder_params`: host arrays named as Mini-BERT params (a pretrained masked-LM run's, or
+    `minibert.hf.encoder_from_transformers`'s); the embeddings and every layer must be there with this config's
+    shapes. Head parameters the source has with the right shape (a pooler from BertModel / BertForPreTraining,
+    a classifier of the same num_labels) are kept, as transformers' `from_pretrained` keeps them; those it lacks
+    (the pooler of a masked LM, which has none; a new classifier) are drawn as `init_host_params(config, seed)`
+    draws them (N(0, initializer_range^2), biases 0). Source tensors the config has no use for (the MLM head)
+    are dropped. A head tensor of another shape (e.g. a classifier for another num_labels) is an error.
+    """
+    if config.task == "mlm":
+        raise ValueError("init_classifier_from needs a classification config (task 'sequence' or 'token'), "
+                         "got task 'mlm'")
+    head = head_shapes(config)
+    fresh_values = init_host_params(config, seed, dtype)
+    params, fresh = {}, []
+    for name, shape in param_shapes(config).items():
+        if name not in encoder_params:
+            if name not in head:
+                raise ValueError(f"encoder_params lacks {name}, which the encoder of this config needs "
+                                 f"({config.num_layers} layers, hidden_size={config.hidden_size})")
+            params[name] = fresh_values[name]
+            fresh.append(name)
+            continue
+        value = np.asarray(encoder_params[name])
+        if value.shape != shape:
+            raise ValueError(f"encoder_params: {name} has shape {value.shape}, this config needs {shape} "
+                             f"(num_labels={config.num_labels}, hidden_size={config.hidden_size})")
+        params[name] = np.ascontiguousarray(value.astype(dtype, copy=False))
+    return params, fresh
+
+
 def init_params(config: BertConfig, seed: int = 0, backend=None, dtype: str = "float32") -> dict:
     """`init_host_params`, moved to `backend` (default: backends.get_backend())."""
     import backends
