@@ -461,8 +461,10 @@ def _state_dict_of(model) -> dict[str, np.ndarray]:
 # --- public API ---------------------------------------------------------------------------------------------------
 
 def _task_of_folder(hf_fields: dict, tensors) -> str:
-    """config.task of a checkpoint (folder or model): from config.json's architectures (or the model's class) when it names a class Mini-BERT reads;
-    otherwise from the tensors (a classifier with a pooler: sequence; without: token; none: masked LM)."""
+    """config.task of a checkpoint (folder or model): from config.json's architectures (or the model's class)
+    when they name a class Mini-BERT reads; otherwise from the tensors (a classifier with a pooler: sequence;
+    without: token; none: masked LM). A folder with only pytorch_model.bin (tensors None) needs architectures
+    to be read as a classifier."""
     for name in hf_fields.get("architectures") or ():
         if name in TASK_OF_ARCHITECTURE:
             return TASK_OF_ARCHITECTURE[name]

@@ -197,7 +197,8 @@ def test_reads_a_classifier_folder_with_only_pytorch_model_bin_and_without_archi
     model, _, _ = classify_model("sequence-3")
     _, expected = from_transformers(model)
     (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "config.json").write_text(model.config.to_json_string())
+    fields = dict(json.loads(model.config.to_json_string()), architectures=["BertForSequenceClassification"])
+    (tmp_path / "bin" / "config.json").write_text(json.dumps(fields))
     torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     config, params = from_transformers(tmp_path / "bin")
     assert config.task == "sequence" and config.id2label == {0: "neg", 1: "neu", 2: "pos"}
