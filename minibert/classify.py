@@ -114,7 +114,8 @@ def check_labels(labels, input_ids: np.ndarray, config: BertConfig, backend=None
     """Host labels checked against the config and the inputs [B, T]:
     task "sequence": [B] int in [0, num_labels) or -100 (ignored); regression (num_labels == 1): [B] finite
     numbers (int or float), returned as float64; task "token": [B, T] int in [0, num_labels) or -100.
-    At least one label must count. Integer labels are returned as int32."""
+    At least one label must count. As in transformers, a token label at a padding position counts unless it is
+    -100 (data pipelines put -100 there). Integer labels are returned as int32."""
     batch, seq = input_ids.shape
     shape, what = ((batch,), "[batch]") if config.task == "sequence" else ((batch, seq), "[batch, sequence]")
     if config.problem_type == "regression":

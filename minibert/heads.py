@@ -44,7 +44,7 @@ def pooler_backward(d_pooled, cache: PoolerCache):
     return dx, {"dense.weight": d_weight, "dense.bias": d_bias}
 
 
-# --- classifier: dropout + dense to num_labels -----------------------------------------------------------------------
+# --- classifier: dropout + dense to num_labels ----------------------------------------------------------------------
 
 class ClassifierCache(NamedTuple):
     mask: Any        # dropout's scaled mask m / (1 - rate) [N, H], or None (no dropout)
@@ -67,7 +67,7 @@ def classifier_backward(d_logits, cache: ClassifierCache):
     return dropout_backward(d_dropped, cache.mask), {"weight": d_weight, "bias": d_bias}
 
 
-# --- the two heads on the encoder's output ------------------------------------------------------------------------------
+# --- the two heads on the encoder's output --------------------------------------------------------------------------
 
 class SequenceHeadCache(NamedTuple):
     batch: int
@@ -115,7 +115,7 @@ def token_head_backward(d_logits, cache: ClassifierCache):
     return d_hidden, {"classifier." + name: value for name, value in grads.items()}
 
 
-# --- losses --------------------------------------------------------------------------------------------------------------
+# --- losses ---------------------------------------------------------------------------------------------------------
 
 class ClassLossCache(NamedTuple):
     cross_entropy: tuple   # `minibert.loss.cross_entropy_forward`'s cache (softmax, flat targets, w / sum w)

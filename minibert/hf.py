@@ -557,7 +557,8 @@ def encoder_from_transformers(model_or_dir, dtype: str = "float32") -> tuple[Ber
         tensors = _read_folder_tensors(folder)
         if tensors is None:
             transformers = _need_transformers("reading pytorch_model.bin")
-            names = [name for name in hf_fields.get("architectures") or () if name.startswith("Bert") and hasattr(transformers, name)]
+            names = [name for name in hf_fields.get("architectures") or ()
+                     if name.startswith("Bert") and hasattr(transformers, name)]
             tensors = _load_bin(folder, names[0] if names else "BertModel", encoder_only=True)
     elif hasattr(model_or_dir, "state_dict") and hasattr(model_or_dir, "config"):
         hf_fields = model_or_dir.config.to_dict()

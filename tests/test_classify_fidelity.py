@@ -92,10 +92,11 @@ def inputs_of(batch):
     return [batch[key] for key in ("input_ids", "attention_mask", "token_type_ids")]
 
 
-# --- logits, loss and gradients on every backend ----------------------------------------------------------------------
+# --- logits, loss and gradients on every backend --------------------------------------------------------------------
 
 def test_configs_are_read_as_transformers_has_them():
-    expected = {"sequence-3": ("sequence", 3, "single_label_classification"), "regression": ("sequence", 1, "regression"),
+    expected = {"sequence-3": ("sequence", 3, "single_label_classification"),
+                "regression": ("sequence", 1, "regression"),
                 "token-5": ("token", 5, "single_label_classification"),
                 "token-7": ("token", 7, "single_label_classification")}
     for case, (task, num_labels, problem_type) in expected.items():
@@ -135,7 +136,7 @@ def test_float64_matches_torch_float64(float64_backend, case):
     assert_grads_close(grads, ref_grads, float64_backend, F64_TOL)
 
 
-# --- checkpoints both ways ----------------------------------------------------------------------------------------------
+# --- checkpoints both ways ------------------------------------------------------------------------------------------
 
 def load_hf(folder, model_class):
     model, info = getattr(transformers, model_class).from_pretrained(
@@ -214,7 +215,7 @@ def test_reads_a_classifier_folder_with_only_pytorch_model_bin_and_without_archi
     assert config.task == "token" and config.num_labels == 5
 
 
-# --- transformers' pipelines predict what Mini-BERT predicts -------------------------------------------------------------
+# --- transformers' pipelines predict what Mini-BERT predicts --------------------------------------------------------
 
 WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "rug", "and", "##s", ".", "big", "small", "alice",
          "bob", "paris"]
@@ -270,7 +271,7 @@ def test_token_classification_pipeline_predicts_minibert_tags(tmp_path, monkeypa
         np.testing.assert_allclose(r["score"], probs[r["index"]].max(), rtol=1e-4, atol=1e-6)
 
 
-# --- a pretrained encoder starts a classifier as transformers' from_pretrained does --------------------------------------
+# --- a pretrained encoder starts a classifier as transformers' from_pretrained does ---------------------------------
 
 @pytest.mark.parametrize("source", ["BertForMaskedLM", "BertModel", "BertForPreTraining"])
 def test_encoder_initialises_a_classifier_as_transformers_from_pretrained(tmp_path, source):
@@ -306,7 +307,7 @@ def _numpy_state(model):
     return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
-# --- what cannot be converted is refused, by name ----------------------------------------------------------------------
+# --- what cannot be converted is refused, by name -------------------------------------------------------------------
 
 def test_classifier_checkpoints_that_do_not_fit_are_refused(tmp_path):
     model, _, _ = classify_model("sequence-3")
