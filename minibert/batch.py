@@ -72,8 +72,10 @@ def check_inputs(input_ids, attention_mask, token_type_ids, config: BertConfig, 
     return (input_ids.astype(np.int32), attention_mask.astype(np.int32), token_type_ids.astype(np.int32))
 
 
-def check_batch(batch: dict, config: BertConfig, backend=None) -> dict:
-    """A validated training batch: host int32 arrays for every key in BATCH_KEYS."""
+def check_batch_inputs(batch: dict, config: BertConfig, backend=None):
+    """The keys of a training batch checked (a dict with input_ids and labels, nothing unknown), and its
+    inputs validated by `check_inputs`: (input_ids, attention_mask, token_type_ids). The labels are the
+    caller's to check (masked-LM and classification labels differ)."""
     if not isinstance(batch, dict):
         raise TypeError(f"batch must be a dict with keys {BATCH_KEYS}, got {type(batch).__name__}")
     missing = [key for key in ("input_ids", "labels") if key not in batch]
@@ -83,8 +85,12 @@ def check_batch(batch: dict, config: BertConfig, backend=None) -> dict:
     unknown = sorted(set(batch) - set(BATCH_KEYS))
     if unknown:
         raise ValueError(f"batch has unknown keys {unknown}; allowed: {BATCH_KEYS}")
-    input_ids, attention_mask, token_type_ids = check_inputs(
-        batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), config, backend)
+    return check_inputs(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), config, backend)
+
+
+def check_batch(batch: dict, config: BertConfig, backend=None) -> dict:
+    """A validated training batch: host int32 arrays for every key in BATCH_KEYS."""
+    input_ids, attention_mask, token_type_ids = check_batch_inputs(batch, config, backend)
     labels = host_ints("labels", batch["labels"], backend)
     if labels.shape != input_ids.shape:
         raise ValueError(f"labels has shape {labels.shape}, but input_ids has shape {input_ids.shape}; "

@@ -6,6 +6,11 @@ import json
 from dataclasses import dataclass
 
 HIDDEN_ACTS = ("gelu", "gelu_tanh")
+TASKS = ("mlm", "sequence", "token")
+PROBLEM_TYPES = ("single_label_classification", "regression")
+# fields that only a classification config (task "sequence" or "token") sets; an MLM config leaves them None and
+# its to_dict() leaves them (and `task`) out, so MLM configs serialise exactly as before the classification heads
+CLASSIFIER_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "classifier_dropout")
 
 # The special tokens, defined once for the tokenizer, the data, the config and inference: token i has id i.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -25,7 +30,18 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class BertConfig:
-    """Shape and hyper-parameters of a BERT masked-LM (names follow the paper; defaults follow BERT-base)."""
+    """Shape and hyper-parameters of a BERT (names follow the paper; defaults follow BERT-base).
+
+    `task` picks the head: "mlm" (masked-LM, the default), "sequence" (transformers'
+    BertForSequenceClassification: pooler + classifier on [CLS]) or "token" (BertForTokenClassification: a
+    classifier on every position). Classification configs also carry, as transformers' config does:
+      num_labels: classes (default len(id2label), else 2); 1 on a "sequence" task means regression;
+      id2label / label2id: {int id: str label} and its inverse (default "LABEL_{i}"); JSON keys "0", "1", ...
+        are read as ints;
+      problem_type: "single_label_classification" (cross-entropy) or "regression" (MSE; num_labels == 1 only);
+        default "regression" when num_labels == 1, as transformers;
+      classifier_dropout: the dropout rate before the classifier (None: hidden_dropout, as transformers).
+    """
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -40,6 +56,13 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = PAD_ID
+    task: str = "mlm"
+    num_labels: int | None = None
+    # dicts are not hashable: left out of the hash (equal configs still hash equal), compared as usual
+    id2label: dict | None = dataclasses.field(default=None, hash=False)
+    label2id: dict | None = dataclasses.field(default=None, hash=False)
+    problem_type: str | None = None
+    classifier_dropout: float | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -64,6 +87,70 @@ class BertConfig:
                 or not 0 <= self.pad_token_id < self.vocab_size):
             raise ValueError(f"BertConfig.pad_token_id must be in [0, vocab_size={self.vocab_size}), "
                              f"got {self.pad_token_id!r}")
+        self._check_task()
+
+    def _check_task(self):
+        """Validate the classification fields and fill their defaults (as transformers' PretrainedConfig)."""
+        if self.task not in TASKS:
+            raise ValueError(f"BertConfig.task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "mlm":
+            given = [name for name in CLASSIFIER_FIELDS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"BertConfig: {given} apply only to a classification config (task 'sequence' "
+                                 f"or 'token'); task is 'mlm'")
+            return
+        id2label = self.id2label
+        if id2label is not None:
+            if not isinstance(id2label, dict) or not id2label:
+                raise ValueError(f"BertConfig.id2label must be a non-empty dict {{id: label}}, got {id2label!r}")
+            id2label = {_label_id("id2label", key): value for key, value in id2label.items()}
+            if sorted(id2label) != list(range(len(id2label))):
+                raise ValueError(f"BertConfig.id2label ids must be 0..{len(id2label) - 1}, got {sorted(id2label)}")
+            bad = [value for value in id2label.values() if not isinstance(value, str) or not value]
+            if bad:
+                raise ValueError(f"BertConfig.id2label labels must be non-empty strings, got {bad[0]!r}")
+            if len(set(id2label.values())) != len(id2label):
+                raise ValueError(f"BertConfig.id2label repeats a label: {sorted(id2label.values())}")
+            id2label = {i: id2label[i] for i in range(len(id2label))}
+        num_labels = self.num_labels
+        if num_labels is None:
+            num_labels = len(id2label) if id2label is not None else 2
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels <= 0:
+            raise ValueError(f"BertConfig.num_labels must be a positive int, got {num_labels!r}")
+        if id2label is None:
+            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        if len(id2label) != num_labels:
+            raise ValueError(f"BertConfig.num_labels={num_labels} but id2label has {len(id2label)} labels; "
+                             "they must match")
+        label2id = {label: i for i, label in id2label.items()}
+        if self.label2id is not None:
+            given = (self.label2id if isinstance(self.label2id, dict) else None)
+            if given is None or {k: _label_id("label2id", v) for k, v in given.items()} != label2id:
+                raise ValueError(f"BertConfig.label2id must be the inverse of id2label ({label2id}), "
+                                 f"got {self.label2id!r}")
+        problem_type = self.problem_type
+        if problem_type is None:
+            problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        if problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"BertConfig.problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+        if (problem_type == "regression") != (num_labels == 1):
+            raise ValueError(f"BertConfig.problem_type={problem_type!r} with num_labels={num_labels}: regression "
+                             "needs num_labels == 1, classification num_labels >= 2")
+        if self.task == "token" and problem_type != "single_label_classification":
+            raise ValueError("BertConfig.task='token' supports only problem_type 'single_label_classification' "
+                             f"(num_labels >= 2), got {problem_type!r} with num_labels={num_labels}")
+        dropout = self.classifier_dropout
+        if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                    or not 0.0 <= dropout < 1.0):
+            raise ValueError(f"BertConfig.classifier_dropout must be None or in [0, 1), got {dropout!r}")
+        for name, value in (("num_labels", num_labels), ("id2label", id2label), ("label2id", label2id),
+                            ("problem_type", problem_type)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def classifier_dropout_rate(self) -> float:
+        """The dropout before the classifier: classifier_dropout, or hidden_dropout when None (transformers)."""
+        return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
 
     @property
     def head_size(self) -> int:
@@ -85,7 +172,15 @@ class BertConfig:
         return cls(**fields)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a JSON-friendly dict (id2label keys as strings, as transformers' config.json); an MLM
+        config leaves out `task` and the classification fields, so its dict is what it was before them."""
+        fields = dataclasses.asdict(self)
+        if self.task == "mlm":
+            for name in ("task", *CLASSIFIER_FIELDS):
+                del fields[name]
+        else:
+            fields["id2label"] = {str(i): label for i, label in self.id2label.items()}
+        return fields
 
     @classmethod
     def from_dict(cls, fields: dict) -> "BertConfig":
@@ -97,3 +192,12 @@ class BertConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _label_id(where: str, value) -> int:
+    """A label id from a Python int or its JSON spelling ("3"); anything else is refused by name."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"BertConfig.{where}: label ids must be ints (or digit strings in JSON), got {value!r}")
+    return value

@@ -1,7 +1,12 @@
-"""Checkpoints both ways between Mini-BERT and transformers' `BertForMaskedLM` (host side, NumPy arrays).
+"""Checkpoints both ways between Mini-BERT and transformers' BERT (host side, NumPy arrays).
 
     config, params = from_transformers("path/to/bert")        # a BertForMaskedLM, or a local folder
     to_transformers(params, config, "out", vocab="vocab.txt")  # BertForMaskedLM.from_pretrained("out") loads it
+
+`config.task` picks the transformers class: "mlm" = BertForMaskedLM, "sequence" = BertForSequenceClassification,
+"token" = BertForTokenClassification (both ways). `encoder_from_transformers` reads just the encoder (and pooler)
+of any BERT checkpoint (BertModel, BertForPreTraining, BertForMaskedLM, ...) to start a classifier from it with
+`minibert.params.init_classifier_from`.
 
 The parameter layout and the transformers name of every parameter are in docs/PARAMS.md: Mini-BERT stores dense
 weights [in, out] (transformers [out, in]) and fuses query/key/value into one [H, 3H] matrix. Both directions are
@@ -29,7 +34,8 @@ from minibert.params import param_shapes
 from minibert.tokenizer import vocab_bytes
 
 __all__ = ["from_transformers", "to_transformers", "config_from_transformers", "config_to_transformers",
-           "params_from_state_dict", "params_to_state_dict", "transformers_shapes", "HF_TO_MINI_ACT"]
+           "encoder_from_transformers", "params_from_state_dict", "params_to_state_dict", "transformers_shapes",
+           "HF_TO_MINI_ACT", "TASK_OF_ARCHITECTURE"]
 
 INTEROP_HINT = "pip install -e '.[interop]'"
 
@@ -67,6 +73,11 @@ _DECODER_WEIGHT = "cls.predictions.decoder.weight"
 _DECODER_BIAS = "cls.predictions.decoder.bias"
 _WORD = "bert.embeddings.word_embeddings.weight"
 _HEAD_BIAS = "cls.predictions.bias"
+_POOLER = "bert.pooler."
+# transformers class <-> Mini-BERT config.task
+TASK_OF_ARCHITECTURE = {"BertForMaskedLM": "mlm", "BertForSequenceClassification": "sequence",
+                        "BertForTokenClassification": "token"}
+ARCHITECTURE_OF_TASK = {task: name for name, task in TASK_OF_ARCHITECTURE.items()}
 
 SPECIAL_TOKENS = {"unk_token": _TOKENS[UNK_ID], "sep_token": _TOKENS[SEP_ID], "pad_token": _TOKENS[PAD_ID],
                   "cls_token": _TOKENS[CLS_ID], "mask_token": _TOKENS[MASK_ID]}
@@ -84,11 +95,13 @@ def _need_transformers(what: str):
 
 # --- configuration ---------------------------------------------------------------------------------------------
 
-def config_from_transformers(hf_config) -> BertConfig:
+def config_from_transformers(hf_config, task: str = "mlm") -> BertConfig:
     """A Mini-BERT `BertConfig` from a transformers `BertConfig` (object or dict, e.g. a parsed config.json).
 
+    `task` "sequence" or "token" also reads the classification fields: id2label (num_labels is its length;
+    label2id is derived from it, as pipelines use id2label only), problem_type and classifier_dropout.
     Refuses what Mini-BERT cannot reproduce exactly: another model type, relative position embeddings, a decoder
-    or cross-attention, and activations other than exact or tanh-approximated GELU.
+    or cross-attention, activations other than exact or tanh-approximated GELU, and multi-label classification.
     """
     fields = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
     model_type = fields.get("model_type", "bert")
@@ -112,13 +125,31 @@ def config_from_transformers(hf_config) -> BertConfig:
         warnings.warn("the transformers config has pad_token_id=None; Mini-BERT uses pad_token_id=0",
                       stacklevel=2)
         values["pad_token_id"] = 0
-    return BertConfig(**{_FIELD_MAP[key]: value for key, value in values.items()})
+    mini = {_FIELD_MAP[key]: value for key, value in values.items()}
+    if task != "mlm":
+        id2label = fields.get("id2label")
+        if not id2label:
+            num_labels = fields.get("num_labels", 2)
+            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        problem_type = fields.get("problem_type")
+        if problem_type == "multi_label_classification":
+            raise ValueError("problem_type='multi_label_classification' is not supported; Mini-BERT's classifiers are "
+                             "single-label (cross-entropy) or regression (MSE, num_labels=1)")
+        mini.update(task=task, id2label=dict(id2label), problem_type=problem_type,
+                    classifier_dropout=fields.get("classifier_dropout"))
+    return BertConfig(**mini)
 
 
 def config_to_transformers(config: BertConfig) -> dict:
-    """The config.json dict of the `BertForMaskedLM` with Mini-BERT's `config` (tied decoder, float32)."""
+    """The config.json dict of the transformers model with Mini-BERT's `config` (float32): a `BertForMaskedLM`
+    (tied decoder), or for a classification config a `BertForSequenceClassification` /
+    `BertForTokenClassification` with its label map, problem_type and classifier_dropout."""
+    labels = {}
+    if config.task != "mlm":
+        labels = {"id2label": {str(i): label for i, label in config.id2label.items()},
+                  "label2id": dict(config.label2id), "problem_type": config.problem_type}
     return {
-        "architectures": ["BertForMaskedLM"],
+        "architectures": [ARCHITECTURE_OF_TASK[config.task]],
         "model_type": "bert",
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -134,20 +165,23 @@ def config_to_transformers(config: BertConfig) -> dict:
         "layer_norm_eps": config.layer_norm_eps,
         "pad_token_id": config.pad_token_id,
         "position_embedding_type": "absolute",
-        "classifier_dropout": None,
+        "classifier_dropout": config.classifier_dropout,
         "is_decoder": False,
         "add_cross_attention": False,
         "use_cache": True,
         "tie_word_embeddings": True,
         "dtype": "float32",
+        **labels,
     }
 
 
 # --- tensors ------------------------------------------------------------------------------------------------------
 
 def transformers_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """The name and shape of every tensor a tied `BertForMaskedLM` checkpoint must hold (transformers names,
-    [out, in] weights), without the tied copies cls.predictions.decoder.{weight,bias}."""
+    """The name and shape of every tensor the transformers model of `config` must hold (transformers names,
+    [out, in] weights): for a tied `BertForMaskedLM` without the tied copies cls.predictions.decoder.{weight,bias};
+    for `BertForSequenceClassification` the pooler and classifier; for `BertForTokenClassification` the
+    classifier (it has no pooler)."""
     hidden, inter = config.hidden_size, config.intermediate_size
     shapes = {
         _WORD: (config.vocab_size, hidden),
@@ -173,29 +207,51 @@ def transformers_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
             p + "output.LayerNorm.weight": (hidden,),
             p + "output.LayerNorm.bias": (hidden,),
         })
-    shapes.update({
-        "cls.predictions.transform.dense.weight": (hidden, hidden),
-        "cls.predictions.transform.dense.bias": (hidden,),
-        "cls.predictions.transform.LayerNorm.weight": (hidden,),
-        "cls.predictions.transform.LayerNorm.bias": (hidden,),
-        _HEAD_BIAS: (config.vocab_size,),
-    })
+    if config.task == "mlm":
+        shapes.update({
+            "cls.predictions.transform.dense.weight": (hidden, hidden),
+            "cls.predictions.transform.dense.bias": (hidden,),
+            "cls.predictions.transform.LayerNorm.weight": (hidden,),
+            "cls.predictions.transform.LayerNorm.bias": (hidden,),
+            _HEAD_BIAS: (config.vocab_size,),
+        })
+        return shapes
+    if config.task == "sequence":
+        shapes.update({_POOLER + "dense.weight": (hidden, hidden), _POOLER + "dense.bias": (hidden,)})
+    shapes.update({"classifier.weight": (config.num_labels, hidden), "classifier.bias": (config.num_labels,)})
     return shapes
 
 
-# Mini-BERT name -> transformers name, for every parameter that is a plain copy or a transpose.
+# Mini-BERT name -> (transformers name, transposed?), for every parameter that is a plain copy or a transpose.
+_POOLER_NAMES = {"pooler.dense.weight": (_POOLER + "dense.weight", True),
+                 "pooler.dense.bias": (_POOLER + "dense.bias", False)}
+
+
+def _head_names(config: BertConfig) -> dict[str, tuple[str, bool]]:
+    if config.task == "mlm":
+        return {
+            "head.dense.weight": ("cls.predictions.transform.dense.weight", True),
+            "head.dense.bias": ("cls.predictions.transform.dense.bias", False),
+            "head.ln.weight": ("cls.predictions.transform.LayerNorm.weight", False),
+            "head.ln.bias": ("cls.predictions.transform.LayerNorm.bias", False),
+            "head.decoder_bias": (_HEAD_BIAS, False),
+        }
+    names = dict(_POOLER_NAMES) if config.task == "sequence" else {}
+    names.update({"classifier.weight": ("classifier.weight", True), "classifier.bias": ("classifier.bias", False)})
+    return names
+
+
 def _direct_names(config: BertConfig) -> dict[str, tuple[str, bool]]:
+    return {**_encoder_names(config), **_head_names(config)}
+
+
+def _encoder_names(config: BertConfig) -> dict[str, tuple[str, bool]]:
     names = {
         "embeddings.word": (_WORD, False),
         "embeddings.position": ("bert.embeddings.position_embeddings.weight", False),
         "embeddings.token_type": ("bert.embeddings.token_type_embeddings.weight", False),
         "embeddings.ln.weight": ("bert.embeddings.LayerNorm.weight", False),
         "embeddings.ln.bias": ("bert.embeddings.LayerNorm.bias", False),
-        "head.dense.weight": ("cls.predictions.transform.dense.weight", True),
-        "head.dense.bias": ("cls.predictions.transform.dense.bias", False),
-        "head.ln.weight": ("cls.predictions.transform.LayerNorm.weight", False),
-        "head.ln.bias": ("cls.predictions.transform.LayerNorm.bias", False),
-        "head.decoder_bias": (_HEAD_BIAS, False),
     }
     for i in range(config.num_layers):
         p, h = f"layers.{i}.", f"bert.encoder.layer.{i}."
@@ -229,56 +285,75 @@ def _listing(names) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
 
 
-def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: BertConfig,
-                           dtype: str | None = "float32") -> dict[str, np.ndarray]:
-    """Mini-BERT parameters (NumPy, `param_shapes` order) from a transformers `BertForMaskedLM` state dict of
-    host arrays. The same linear map converts gradients (transformers' grads -> Mini-BERT's layout).
+def _ignorable(config: BertConfig):
+    """(names, prefixes) of tensors a checkpoint for `config.task` may hold that the model does not use: a masked
+    LM skips the pooler and next-sentence head (BertForPreTraining checkpoints have both) and the tied decoder
+    copies; a token classifier skips a pooler (BertForTokenClassification has none); every task skips the
+    position_ids buffer old checkpoints saved."""
+    if config.task == "mlm":
+        return {_DECODER_WEIGHT, _DECODER_BIAS, *_UNUSED_NAMES}, _UNUSED_PREFIXES
+    return set(_UNUSED_NAMES), ((_POOLER,) if config.task == "token" else ())
 
-    cls.predictions.decoder.weight, when present, must equal the word embeddings (Mini-BERT ties them). The
-    decoder bias is cls.predictions.decoder.bias when present (the one forward adds), else cls.predictions.bias.
-    Pooler and next-sentence tensors are skipped; any other missing, extra or misshapen tensor is a ValueError
-    naming it. `dtype` None keeps the stored one.
-    """
-    tensors = {_legacy_name(name): np.asarray(value) for name, value in state_dict.items()}
-    if _DECODER_BIAS in tensors:
-        # the bias the MLM head adds is the decoder's (nn.Linear) own; cls.predictions.bias is the same parameter in
-        # a tied model, and unused by forward in an untied one
-        tensors[_HEAD_BIAS] = tensors[_DECODER_BIAS]
-    expected = transformers_shapes(config)
-    ignorable = {_DECODER_WEIGHT, _DECODER_BIAS, *_UNUSED_NAMES}
-    missing = [name for name in expected if name not in tensors]
-    unexpected = [name for name in tensors if name not in expected and name not in ignorable
-                  and not name.startswith(_UNUSED_PREFIXES)]
-    if missing:
-        raise ValueError(f"the checkpoint is missing {len(missing)} tensor(s) a BertForMaskedLM with this config "
-                         f"needs: {_listing(missing)}")
-    if unexpected:
-        raise ValueError(f"the checkpoint has {len(unexpected)} tensor(s) Mini-BERT does not know: "
-                         f"{_listing(unexpected)} (a BertForMaskedLM with num_hidden_layers="
-                         f"{config.num_layers} has no such tensor)")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} for this "
-                             "config")
-    decoder = tensors.get(_DECODER_WEIGHT)
-    if decoder is not None and not np.array_equal(decoder, tensors[_WORD]):
-        what = ("shape " + str(tuple(decoder.shape)) if decoder.shape != tensors[_WORD].shape else
-                f"max difference {float(np.max(np.abs(decoder.astype(np.float64) - tensors[_WORD])))}")
-        raise ValueError(f"{_DECODER_WEIGHT} differs from {_WORD} ({what}): Mini-BERT ties the MLM decoder to the "
-                         "word embeddings, so an untied checkpoint cannot be represented")
 
-    def cast(array):
-        return np.ascontiguousarray(array if dtype is None else array.astype(dtype, copy=False))
-
-    params = {}
-    for mini, (name, transpose) in _direct_names(config).items():
-        params[mini] = cast(tensors[name].T if transpose else tensors[name])
+def _convert(tensors: Mapping[str, np.ndarray], config: BertConfig, names: Mapping[str, tuple[str, bool]], cast):
+    """Mini-BERT params from transformers tensors: `names` (plain copies and transposes) plus each layer's fused
+    qkv = [query | key | value] (weights transposed to [in, out])."""
+    params = {mini: cast(tensors[name].T if transpose else tensors[name]) for mini, (name, transpose) in names.items()}
     for i in range(config.num_layers):
         h = f"bert.encoder.layer.{i}.attention.self."
         params[f"layers.{i}.attn.qkv.weight"] = cast(np.concatenate(
             [tensors[h + part + ".weight"].T for part in ("query", "key", "value")], axis=1))
         params[f"layers.{i}.attn.qkv.bias"] = cast(np.concatenate(
             [tensors[h + part + ".bias"] for part in ("query", "key", "value")]))
+    return params
+
+
+def _caster(dtype):
+    def cast(array):
+        return np.ascontiguousarray(array if dtype is None else array.astype(dtype, copy=False))
+    return cast
+
+
+def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: BertConfig,
+                           dtype: str | None = "float32") -> dict[str, np.ndarray]:
+    """Mini-BERT parameters (NumPy, `param_shapes` order) from the state dict (host arrays) of the transformers
+    model of `config.task` (`BertForMaskedLM`, `BertForSequenceClassification`, `BertForTokenClassification`).
+    The same linear map converts gradients (transformers' grads -> Mini-BERT's layout).
+
+    Masked LM: cls.predictions.decoder.weight, when present, must equal the word embeddings (Mini-BERT ties them).
+    The decoder bias is cls.predictions.decoder.bias when present (the one forward adds), else
+    cls.predictions.bias. Pooler and next-sentence tensors are skipped. Token classification skips a pooler.
+    Any other missing, extra or misshapen tensor is a ValueError naming it. `dtype` None keeps the stored one.
+    """
+    tensors = {_legacy_name(name): np.asarray(value) for name, value in state_dict.items()}
+    if config.task == "mlm" and _DECODER_BIAS in tensors:
+        # the bias the MLM head adds is the decoder's (nn.Linear) own; cls.predictions.bias is the same parameter in
+        # a tied model, and unused by forward in an untied one
+        tensors[_HEAD_BIAS] = tensors[_DECODER_BIAS]
+    expected = transformers_shapes(config)
+    ignorable, ignorable_prefixes = _ignorable(config)
+    architecture = ARCHITECTURE_OF_TASK[config.task]
+    missing = [name for name in expected if name not in tensors]
+    unexpected = [name for name in tensors if name not in expected and name not in ignorable
+                  and not name.startswith(ignorable_prefixes)]
+    if missing:
+        raise ValueError(f"the checkpoint is missing {len(missing)} tensor(s) a {architecture} with this config "
+                         f"needs: {_listing(missing)}")
+    if unexpected:
+        raise ValueError(f"the checkpoint has {len(unexpected)} tensor(s) Mini-BERT does not know: "
+                         f"{_listing(unexpected)} (a {architecture} with num_hidden_layers="
+                         f"{config.num_layers} has no such tensor)")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} for this "
+                             "config")
+    decoder = tensors.get(_DECODER_WEIGHT) if config.task == "mlm" else None
+    if decoder is not None and not np.array_equal(decoder, tensors[_WORD]):
+        what = ("shape " + str(tuple(decoder.shape)) if decoder.shape != tensors[_WORD].shape else
+                f"max difference {float(np.max(np.abs(decoder.astype(np.float64) - tensors[_WORD])))}")
+        raise ValueError(f"{_DECODER_WEIGHT} differs from {_WORD} ({what}): Mini-BERT ties the MLM decoder to the "
+                         "word embeddings, so an untied checkpoint cannot be represented")
+    params = _convert(tensors, config, _direct_names(config), _caster(dtype))
     return {name: params[name] for name in param_shapes(config)}
 
 
@@ -301,9 +376,9 @@ def _host(value, backend=None) -> np.ndarray:
 
 def params_to_state_dict(params: Mapping, config: BertConfig, dtype: str = "float32",
                          backend=None) -> dict[str, np.ndarray]:
-    """The transformers `BertForMaskedLM` state dict (contiguous host arrays, [out, in] weights) of Mini-BERT
-    `params` (backend or NumPy arrays), without the tied copies cls.predictions.decoder.{weight,bias}
-    (what transformers' own save_pretrained writes for a tied model)."""
+    """The state dict of the transformers model of `config.task` (contiguous host arrays, [out, in] weights) of
+    Mini-BERT `params` (backend or NumPy arrays): `transformers_shapes(config)`; a masked LM's leaves out the tied
+    copies cls.predictions.decoder.{weight,bias} (what transformers' own save_pretrained writes for a tied model)."""
     expected = param_shapes(config)
     missing = [name for name in expected if name not in params]
     unexpected = [name for name in params if name not in expected]
@@ -388,47 +463,136 @@ def _state_dict_of(model) -> dict[str, np.ndarray]:
 
 # --- public API ---------------------------------------------------------------------------------------------------
 
+def _task_of_folder(hf_fields: dict, tensors) -> str:
+    """config.task of a checkpoint (folder or model): from config.json's architectures (or the model's class)
+    when they name a class Mini-BERT reads; otherwise from the tensors (a classifier with a pooler: sequence;
+    without: token; none: masked LM). A folder with only pytorch_model.bin (tensors None) needs architectures
+    to be read as a classifier."""
+    for name in hf_fields.get("architectures") or ():
+        if name in TASK_OF_ARCHITECTURE:
+            return TASK_OF_ARCHITECTURE[name]
+    if tensors is not None and "classifier.weight" in tensors:
+        return "sequence" if _POOLER + "dense.weight" in tensors else "token"
+    return "mlm"
+
+
+def _load_bin(folder: str, class_name: str, ignorable_prefixes=(), encoder_only=False) -> dict[str, np.ndarray]:
+    """The state dict of a folder with only pytorch_model.bin, through transformers' own (weights-only) loader.
+    `encoder_only`: only the embeddings and encoder must be in the file; head tensors it lacks (which transformers
+    fills randomly) are dropped, and tensors the class does not have are ignored."""
+    if not any(os.path.exists(os.path.join(folder, name))
+               for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise FileNotFoundError(f"{folder!r} has no model.safetensors, model.safetensors.index.json or "
+                                "pytorch_model.bin")
+    transformers = _need_transformers("reading pytorch_model.bin")
+    model, info = getattr(transformers, class_name).from_pretrained(
+        folder, local_files_only=True, output_loading_info=True, dtype="float32")
+    state = _state_dict_of(model)
+    missing = list(info["missing_keys"])
+    if encoder_only:
+        state = {name: value for name, value in state.items() if name not in missing}
+        missing = [name for name in missing if "embeddings." in name or "encoder." in name]
+    if missing:
+        raise ValueError(f"{folder}: the checkpoint is missing {_listing(missing)}")
+    unknown = [] if encoder_only else [name for name in info["unexpected_keys"]
+                                       if not name.startswith(ignorable_prefixes) and name not in _UNUSED_NAMES]
+    if unknown:       # transformers drops these silently; a layer too many is not a checkpoint we read
+        raise ValueError(f"{folder}: the checkpoint has tensor(s) a {class_name} with this config does "
+                         f"not have: {_listing(unknown)}")
+    return state
+
+
+def _read_config_json(folder: str) -> dict:
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{folder!r} is not a transformers checkpoint folder: no config.json there")
+    with open(config_path, encoding="utf-8") as file:
+        return json.load(file)
+
+
 def from_transformers(model_or_dir, dtype: str = "float32") -> tuple[BertConfig, dict[str, np.ndarray]]:
-    """(Mini-BERT config, NumPy params) from a transformers `BertForMaskedLM` or a local checkpoint folder.
+    """(Mini-BERT config, NumPy params) from a transformers `BertForMaskedLM`, `BertForSequenceClassification` or
+    `BertForTokenClassification` (config.task "mlm", "sequence", "token"; with the label map), or a local
+    checkpoint folder of one (the class from config.json's architectures, else from the tensors it holds).
 
     A folder needs config.json and model.safetensors (or sharded model.safetensors.index.json), read directly;
     a folder with only pytorch_model.bin goes through transformers' own loader (never unpickled here). Weights
-    are cast to `dtype` (float32 keeps float32 checkpoints bit-identical).
+    are cast to `dtype` (float32 keeps float32 checkpoints bit-identical). For only the encoder of another BERT
+    (BertModel, BertForPreTraining), see `encoder_from_transformers`.
     """
     if isinstance(model_or_dir, (str, os.PathLike)):
         folder = os.fspath(model_or_dir)
-        config_path = os.path.join(folder, "config.json")
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"{folder!r} is not a transformers checkpoint folder: no config.json there")
-        with open(config_path, encoding="utf-8") as file:
-            hf_fields = json.load(file)
-        config = config_from_transformers(hf_fields)
+        hf_fields = _read_config_json(folder)
         tensors = _read_folder_tensors(folder)
+        task = _task_of_folder(hf_fields, tensors)
+        config = config_from_transformers(hf_fields, task)
         if tensors is None:
-            if not any(os.path.exists(os.path.join(folder, name))
-                       for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-                raise FileNotFoundError(f"{folder!r} has no model.safetensors, model.safetensors.index.json or "
-                                        "pytorch_model.bin")
-            transformers = _need_transformers("reading pytorch_model.bin")
-            model, info = transformers.BertForMaskedLM.from_pretrained(
-                folder, local_files_only=True, output_loading_info=True, dtype="float32")
-            if info["missing_keys"]:
-                raise ValueError(f"{folder}: the checkpoint is missing {_listing(info['missing_keys'])}")
-            unknown = [name for name in info["unexpected_keys"]
-                       if not name.startswith(_UNUSED_PREFIXES) and name not in _UNUSED_NAMES]
-            if unknown:       # transformers drops these silently; a layer too many is not a checkpoint we read
-                raise ValueError(f"{folder}: the checkpoint has tensor(s) a BertForMaskedLM with this config does "
-                                 f"not have: {_listing(unknown)}")
-            tensors = _state_dict_of(model)
-        if not hf_fields.get("tie_word_embeddings", True) and _DECODER_WEIGHT not in tensors:
+            tensors = _load_bin(folder, ARCHITECTURE_OF_TASK[task], _ignorable(config)[1])
+        if (task == "mlm" and not hf_fields.get("tie_word_embeddings", True)
+                and _DECODER_WEIGHT not in tensors):
             raise ValueError(f"{folder}: config.json says tie_word_embeddings=false but the checkpoint has no "
                              f"{_DECODER_WEIGHT}; Mini-BERT ties the decoder to the word embeddings")
         return config, params_from_state_dict(tensors, config, dtype)
     if not hasattr(model_or_dir, "state_dict") or not hasattr(model_or_dir, "config"):
-        raise TypeError(f"from_transformers takes a transformers BertForMaskedLM or a folder path, got "
+        raise TypeError(f"from_transformers takes a transformers {', '.join(TASK_OF_ARCHITECTURE)} or a folder "
+                        f"path, got {type(model_or_dir).__name__} (for the encoder of another BERT model, use "
+                        "encoder_from_transformers)")
+    tensors = _state_dict_of(model_or_dir)
+    config = config_from_transformers(model_or_dir.config,
+                                      _task_of_folder({"architectures": [type(model_or_dir).__name__]}, tensors))
+    return config, params_from_state_dict(tensors, config, dtype)
+
+
+def encoder_from_transformers(model_or_dir, dtype: str = "float32") -> tuple[BertConfig, dict[str, np.ndarray]]:
+    """The encoder of any transformers BERT checkpoint, to start a classifier from (see
+    `minibert.params.init_classifier_from`): (a masked-LM `BertConfig` with the encoder's shape, NumPy params of
+    the embeddings and layers, plus pooler.dense.weight/bias where the checkpoint has a pooler).
+
+    Reads a model object or a folder of `BertModel` (tensor names without the "bert." prefix),
+    `BertForPreTraining`, `BertForMaskedLM`, `BertForSequenceClassification`, ...; every head other than the
+    pooler (MLM, next-sentence, classifier) is left out. As transformers' `from_pretrained` of a classifier, the
+    pooler is taken when present (BertModel with its pooling layer, BertForPreTraining, a sequence classifier)
+    and absent otherwise (BertForMaskedLM has none): the caller then initialises it fresh.
+    """
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        folder = os.fspath(model_or_dir)
+        hf_fields = _read_config_json(folder)
+        tensors = _read_folder_tensors(folder)
+        if tensors is None:
+            transformers = _need_transformers("reading pytorch_model.bin")
+            names = [name for name in hf_fields.get("architectures") or ()
+                     if name.startswith("Bert") and hasattr(transformers, name)]
+            tensors = _load_bin(folder, names[0] if names else "BertModel", encoder_only=True)
+    elif hasattr(model_or_dir, "state_dict") and hasattr(model_or_dir, "config"):
+        hf_fields = model_or_dir.config.to_dict()
+        tensors = _state_dict_of(model_or_dir)
+    else:
+        raise TypeError(f"encoder_from_transformers takes a transformers BERT model or a folder path, got "
                         f"{type(model_or_dir).__name__}")
-    config = config_from_transformers(model_or_dir.config)
-    return config, params_from_state_dict(_state_dict_of(model_or_dir), config, dtype)
+    config = config_from_transformers(hf_fields)
+    tensors = {_legacy_name(name): np.asarray(value) for name, value in tensors.items()}
+    if not any(name.startswith("bert.") for name in tensors):      # a BertModel: its names have no "bert." prefix
+        tensors = {"bert." + name: value for name, value in tensors.items()}
+    names = _encoder_names(config)
+    pooler = all(hf in tensors for hf, _ in _POOLER_NAMES.values())
+    if pooler:
+        names.update(_POOLER_NAMES)
+    hidden = config.hidden_size
+    expected = {name: shape for name, shape in transformers_shapes(config).items() if name.startswith("bert.")}
+    if pooler:
+        expected.update({_POOLER + "dense.weight": (hidden, hidden), _POOLER + "dense.bias": (hidden,)})
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise ValueError(f"the checkpoint is missing {len(missing)} encoder tensor(s) a BERT with this config "
+                         f"needs: {_listing(missing)}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} for this "
+                             "config")
+    params = _convert(tensors, config, names, _caster(dtype))
+    order = [name for name in param_shapes(config) if name in params] + [name for name in _POOLER_NAMES
+                                                                         if name in params]
+    return config, {name: params[name] for name in order}
 
 
 def _read_vocab(vocab) -> list[str]:
@@ -442,13 +606,16 @@ def _read_vocab(vocab) -> list[str]:
 
 def to_transformers(params: Mapping, config: BertConfig, out_dir, vocab=None, *, backend=None,
                     do_lower_case: bool = True) -> str:
-    """Write a folder that `transformers.BertForMaskedLM.from_pretrained(out_dir)` loads with no missing and no
-    unexpected keys: config.json and model.safetensors (float32, transformers names and [out, in] layout; the
-    tied decoder weight and bias are left out, as transformers' save_pretrained does).
+    """Write a folder that the transformers class of `config.task` (`BertForMaskedLM`,
+    `BertForSequenceClassification`, `BertForTokenClassification`) loads with `from_pretrained(out_dir)` with no
+    missing and no unexpected keys: config.json (with the label map for a classifier) and model.safetensors
+    (float32, transformers names and [out, in] layout; a masked LM's tied decoder weight and bias are left out, as
+    transformers' save_pretrained does).
 
     `vocab` (a vocab.txt path or a list of tokens, one per id) adds vocab.txt, tokenizer_config.json and
     special_tokens_map.json for a BERT WordPiece tokenizer (lower-cased like Mini-BERT's unless
-    `do_lower_case=False`), so `pipeline("fill-mask", model=out_dir)` works offline. `params` may be backend
+    `do_lower_case=False`), so `pipeline("fill-mask" / "text-classification" / "token-classification",
+    model=out_dir)` works offline. `params` may be backend
     arrays (pass `backend` to copy them with its to_numpy) or NumPy. Returns `out_dir`.
     """
     from safetensors import SafetensorError

@@ -51,13 +51,14 @@ CASES = {
 }
 
 
-def hf_model(seed=0, attn="eager", **fields):
-    """A random transformers BertForMaskedLM in eval mode: linear weights ~ N(0, 1/fan_in), embeddings ~
-    N(0, 0.3^2), every bias ~ N(0, 0.1^2), LayerNorm weights ~ 1 + N(0, 0.2^2), so no bias or scale is trivial."""
+def hf_model(seed=0, attn="eager", model_class="BertForMaskedLM", **fields):
+    """A random transformers `model_class` (default BertForMaskedLM) in eval mode: linear weights ~ N(0, 1/fan_in),
+    embeddings ~ N(0, 0.3^2), every bias ~ N(0, 0.1^2), LayerNorm weights ~ 1 + N(0, 0.2^2), so no bias or scale
+    is trivial."""
     fields.setdefault("pad_token_id", 0)
     config = transformers.BertConfig(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **fields)
     torch.manual_seed(seed)
-    model = transformers.BertForMaskedLM._from_config(config, attn_implementation=attn)
+    model = getattr(transformers, model_class)._from_config(config, attn_implementation=attn)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("LayerNorm.weight"):
