@@ -1,15 +1,12 @@
 """The backend registry: selection, errors, and what each backend must supply."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import backends
 from backends.base import Backend, BackendUnavailableError
-from conftest import ROOT
+from support import child_env, finish, start
 
 
 def test_default_is_numpy(monkeypatch):
@@ -56,7 +53,7 @@ def test_missing_library_error_names_the_pip_command():
     code = ("import sys; sys.modules['jax'] = None\n"
             "import backends\n"
             "try:\n    backends.get_backend('jax')\nexcept backends.BackendUnavailableError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
+    _, out, _ = finish(start(child_env(), "-c", code))
     assert "not installed" in out and "pip install" in out and "jax" in out
     try:
         backends.get_backend("cupy")
@@ -80,9 +77,9 @@ def test_importing_backends_imports_no_array_library():
     code = ("import sys, backends\n"
             "print(sorted(m for m in ('numpy', 'jax', 'cupy', 'torch', 'array_api_strict', 'array_api_compat')"
             " if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    returncode, out, err = finish(start(child_env(), "-c", code))
+    assert returncode == 0, err
+    assert out.strip() == "[]"
 
 
 def test_scatter_add_accumulates_duplicate_indices(backend):

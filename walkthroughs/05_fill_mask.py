@@ -19,15 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    ROOT = Path(__file__).resolve().parents[1]
-except NameError:                      # in Jupyter the working directory is walkthroughs/
-    ROOT = Path.cwd().parent
-sys.path.insert(0, str(ROOT))
-
-from minibert import init_params, mlm_logits                         # noqa: E402
-from minibert.inference import fill_mask, load_run                   # noqa: E402
-from minibert.trainer import TrainSettings, train                    # noqa: E402
+from minibert import init_params, mlm_logits
+from minibert.inference import fill_mask, load_run
+from minibert.trainer import TrainSettings, train
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 given = os.environ.get("MINIBERT_RUN_DIR") or next((a for a in sys.argv[1:] if Path(a, "config.json").exists()), None)
