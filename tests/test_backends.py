@@ -138,3 +138,31 @@ def test_jit_compiles_on_jax_and_is_identity_elsewhere(backend):
         assert compiled is f
     assert np.array_equal(backend.to_numpy(compiled(backend.asarray(np.ones(3, np.float32)))), np.full(3, 2.0))
     backend.synchronize()
+
+
+# --- the copy contract of asarray and to_numpy, as backends/base.py states it ----------------------------------------
+
+def test_asarray_aliases_or_copies_as_stated(backend):
+    """numpy and strict share memory with a host array of the asked dtype; every other case is a copy."""
+    host = np.arange(6, dtype=np.int32).reshape(2, 3)
+    same_dtype, converted = backend.asarray(host), backend.asarray(host, dtype="float32")
+    host[0, 0] = 100
+    aliases = backend.name in ("numpy", "strict")
+    assert backend.to_numpy(same_dtype)[0, 0] == (100 if aliases else 0), "asarray broke its copy contract"
+    assert backend.to_numpy(converted)[0, 0] == 0, "a dtype conversion must copy"
+
+
+def test_to_numpy_views_or_copies_as_stated(backend):
+    """numpy, strict and torch on the CPU give a writeable view; jax a read-only array; cupy and torch on a GPU
+    a copy."""
+    device = backend.asarray(np.arange(6, dtype=np.float32))
+    out = backend.to_numpy(device)
+    if backend.name == "jax":
+        assert not out.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            out[0] = 100
+    else:
+        assert out.flags.writeable
+        out[0] = 100
+        view = backend.name in ("numpy", "strict") or (backend.name == "torch" and backend.device.type == "cpu")
+        assert backend.to_numpy(device)[0] == (100 if view else 0), "to_numpy broke its copy contract"
