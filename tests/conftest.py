@@ -74,9 +74,15 @@ def chosen_backends(request) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="session")
-def script_env(tmp_path_factory):
-    """The environment for child processes (support.child_env), with one tokenizer cache for the session."""
-    return child_env(tmp_path_factory.mktemp("cache"))
+def tokenizer_cache(tmp_path_factory):
+    """One tokenizer cache directory ($MINIBERT_CACHE) for the session: each corpus is tokenized once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def script_env(tokenizer_cache):
+    """The environment for child processes (support.child_env), with the session's tokenizer cache."""
+    return child_env(tokenizer_cache)
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def _mismatch(name, actual, desired, rtol, atol, scaled_atol, check_dtype, equal
     where = tuple(int(i) for i in worst)
     max_abs, max_rel = float(np.max(np.where(bad, diff, 0.0))), float(np.max(np.where(bad, rel, 0.0)))
     return (f"{name}: {int(bad.sum())} of {a.size} values differ beyond atol={tol:.3g}, rtol={rtol:.3g}; among "
-            f"them max abs error {max_abs:.3g} at {where} (actual {actual[worst]!r}, desired {desired[worst]!r}); "
+            f"them max abs error {max_abs:.3g} at {where} (actual {actual[worst].item()!r}, desired {desired[worst].item()!r}); "
             f"max rel error {max_rel:.3g}")
 
 
