@@ -38,7 +38,8 @@ class Backend:
 
         Copy or alias: numpy and strict return an array that shares memory with `host_array` when it already is a
         NumPy array of the asked dtype (no copy: later writes to either one show in the other) and a new array
-        when a dtype conversion is needed; jax, torch and cupy always copy. Code that writes into its input
+        when a dtype conversion is needed; jax, torch and cupy always copy (JAX's device_put alone would alias
+        an aligned host buffer on the CPU, so the jax backend copies first). Code that writes into its input
         (e.g. in-place accumulation) must therefore not be handed a host array it should leave alone.
         """
         if dtype is not None:

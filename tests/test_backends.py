@@ -143,8 +143,12 @@ def test_jit_compiles_on_jax_and_is_identity_elsewhere(backend):
 # --- the copy contract of asarray and to_numpy, as backends/base.py states it ----------------------------------------
 
 def test_asarray_aliases_or_copies_as_stated(backend):
-    """numpy and strict share memory with a host array of the asked dtype; every other case is a copy."""
-    host = np.arange(6, dtype=np.int32).reshape(2, 3)
+    """numpy and strict share memory with a host array of the asked dtype; every other case is a copy. The host
+    buffer is 64-byte aligned: the case where a library may take it over without copying (JAX on the CPU)."""
+    buffer = np.zeros(6 * 4 + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    host = buffer[start:start + 6 * 4].view(np.int32).reshape(2, 3)     # [24 bytes] -> int32 [2, 3]
+    host[...] = np.arange(6).reshape(2, 3)
     same_dtype, converted = backend.asarray(host), backend.asarray(host, dtype="float32")
     host[0, 0] = 100
     aliases = backend.name in ("numpy", "strict")

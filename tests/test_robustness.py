@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
 
 import numpy as np
@@ -19,8 +18,8 @@ from safetensors.numpy import load_file
 import minibert.step
 from minibert import checkpoint as ckpt
 from minibert.trainer import NonFiniteError, TrainSettings, resume_settings, train
-from support import ROOT, TINY_RUN, assert_tree_close, child_env, finish, latest_tensors, records, start,
-                     start_script
+from support import (ROOT, TINY_RUN, assert_tree_close, child_env, finish, latest_tensors, records, start,
+                     start_script)
 
 STEPS = 16
 
