@@ -86,9 +86,9 @@ def _mismatch(name, actual, desired, rtol, atol, scaled_atol, check_dtype, equal
     worst = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(diff, nan=np.inf), -1.0)), a.shape)
     where = tuple(int(i) for i in worst)
     max_abs, max_rel = float(np.max(np.where(bad, diff, 0.0))), float(np.max(np.where(bad, rel, 0.0)))
+    seen = f"actual {actual[worst].item()!r}, desired {desired[worst].item()!r}"
     return (f"{name}: {int(bad.sum())} of {a.size} values differ beyond atol={tol:.3g}, rtol={rtol:.3g}; among "
-            f"them max abs error {max_abs:.3g} at {where} (actual {actual[worst].item()!r}, desired {desired[worst].item()!r}); "
-            f"max rel error {max_rel:.3g}")
+            f"them max abs error {max_abs:.3g} at {where} ({seen}); max rel error {max_rel:.3g}")
 
 
 def assert_close(actual, desired, *, rtol, atol, scaled_atol=0.0, check_dtype=True, equal_nan=False, name="array"):
