@@ -34,13 +34,25 @@ class Backend:
 
     # -- host <-> device ----------------------------------------------------------------------
     def asarray(self, host_array, dtype=None):
-        """Copy a host (NumPy) array or scalar to this backend; `dtype` is a name ("float32") or None."""
+        """A host (NumPy) array or scalar as an array of this backend; `dtype` is a name ("float32") or None.
+
+        Copy or alias: numpy and strict return an array that shares memory with `host_array` when it already is a
+        NumPy array of the asked dtype (no copy: later writes to either one show in the other) and a new array
+        when a dtype conversion is needed; jax, torch and cupy always copy (JAX's device_put alone would alias
+        an aligned host buffer on the CPU, so the jax backend copies first). Code that writes into its input
+        (e.g. in-place accumulation) must therefore not be handed a host array it should leave alone.
+        """
         if dtype is not None:
             dtype = self.dtype(dtype)
         return self.xp.asarray(host_array, dtype=dtype, device=self.device)
 
     def to_numpy(self, x):
-        """Copy a backend array to a host NumPy array."""
+        """A backend array as a host NumPy array.
+
+        Copy or alias: numpy, strict, and torch on the CPU return a writeable view of the same memory (a write to
+        it changes the backend array); jax returns a read-only array (a view on the CPU); cupy, and torch on a
+        GPU, return a copy. Copy it (`np.array(x)`) before writing to it or keeping it past a later update.
+        """
         raise NotImplementedError
 
     def dtype(self, name):

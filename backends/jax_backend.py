@@ -30,7 +30,9 @@ class JaxBackend(Backend):
 
     def asarray(self, host_array, dtype=None):
         dtype = None if dtype is None else self.dtype(dtype)
-        return self._jax.device_put(np.asarray(host_array, dtype=dtype), self.device)
+        # a fresh host copy: on the CPU, device_put may alias a 64-byte-aligned NumPy buffer (no copy), and a later
+        # write to the caller's array would then change this "immutable" JAX array
+        return self._jax.device_put(np.array(host_array, dtype=dtype, copy=True), self.device)
 
     def to_numpy(self, x):
         return np.asarray(x)

@@ -1,24 +1,54 @@
-"""One fixture that yields each backend, skipping (with the reason) those that cannot run here."""
+"""The `backend` and `float64_backend` fixtures (each backend, skipping with the reason those that cannot run here),
+and `--backend NAME` to run them for chosen backends only. Shared helpers live in support.py."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-import backends
+from support import ALL_BACKENDS, X64_CHILD_ENV, backend_or_skip, child_env, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
-ALL_BACKENDS = ("numpy", "jax", "strict", "torch", "cupy")
-X64_CHILD_ENV = "MINIBERT_TEST_X64_CHILD"
+BACKENDS_ENV = "MINIBERT_TEST_BACKENDS"   # the same choice as --backend, for scripts that run pytest
 
 
-def backend_or_skip(name: str):
-    try:
-        return backends.get_backend(name)
-    except backends.BackendUnavailableError as exc:
-        pytest.skip(f"backend {name!r} unavailable here: {exc}")
+def pytest_addoption(parser):
+    parser.addoption("--backend", action="append", default=[], metavar="NAME",
+                     help=f"run the backend-parametrized tests for these backends only (repeatable or "
+                          f"comma-separated; one of {', '.join(ALL_BACKENDS)}); default: ${BACKENDS_ENV}, else all")
+
+
+def selected_backends(config) -> tuple[str, ...]:
+    """The backends chosen by --backend, else by $MINIBERT_TEST_BACKENDS, else all of them."""
+    given = ",".join(config.getoption("backend")) or os.environ.get(BACKENDS_ENV, "")
+    names = [name.strip() for name in given.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_BACKENDS]
+    if unknown:
+        source = "--backend" if config.getoption("backend") else f"${BACKENDS_ENV}"
+        raise pytest.UsageError(f"{source}: unknown backend {', '.join(map(repr, unknown))}; allowed: "
+                                f"{', '.join(ALL_BACKENDS)}")
+    return tuple(names) or ALL_BACKENDS
+
+
+def pytest_configure(config):
+    selected_backends(config)         # a bad name stops the session before collection
+
+
+def pytest_report_header(config):
+    if selected_backends(config) != ALL_BACKENDS:
+        return f"backends: {', '.join(selected_backends(config))} (others deselected)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the `backend` / `float64_backend` cases of backends that were not chosen."""
+    chosen = selected_backends(config)
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        names = [params.params[f] for f in ("backend", "float64_backend") if f in params.params] if params else []
+        (drop if any(name not in chosen for name in names) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(params=ALL_BACKENDS)
@@ -37,16 +67,25 @@ def float64_backend(request):
     return backend_or_skip(request.param)
 
 
-def random_batch(rng, config, batch=2, seq=7, pad=2, label_rate=0.4):
-    """A small host batch with padding at the end of the last row, both token types and some labels."""
-    input_ids = rng.integers(1, config.vocab_size, (batch, seq), dtype=np.int32)  # from 1: no attended [PAD] (id 0)
-    attention_mask = np.ones((batch, seq), np.int32)
-    attention_mask[-1, seq - pad:] = 0
-    input_ids[-1, seq - pad:] = config.pad_token_id
-    token_type_ids = np.zeros((batch, seq), np.int32)
-    token_type_ids[:, seq // 2:] = 1
-    labels = np.where(rng.random((batch, seq)) < label_rate, rng.integers(0, config.vocab_size, (batch, seq)), -100)
-    labels[0, 1] = int(input_ids[0, 1])
-    labels = np.where(attention_mask == 1, labels, -100).astype(np.int32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-            "labels": labels}
+@pytest.fixture
+def chosen_backends(request) -> tuple[str, ...]:
+    """The backends this session runs for (see --backend), for tests that pick a backend themselves."""
+    return selected_backends(request.config)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_cache(tmp_path_factory):
+    """One tokenizer cache directory ($MINIBERT_CACHE) for the session: each corpus is tokenized once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def script_env(tokenizer_cache):
+    """The environment for child processes (support.child_env), with the session's tokenizer cache."""
+    return child_env(tokenizer_cache)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small corpus file (support.write_corpus) for tiny training runs."""
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")

@@ -1,15 +1,12 @@
 """The backend registry: selection, errors, and what each backend must supply."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import backends
 from backends.base import Backend, BackendUnavailableError
-from conftest import ROOT
+from support import child_env, finish, start
 
 
 def test_default_is_numpy(monkeypatch):
@@ -56,7 +53,7 @@ def test_missing_library_error_names_the_pip_command():
     code = ("import sys; sys.modules['jax'] = None\n"
             "import backends\n"
             "try:\n    backends.get_backend('jax')\nexcept backends.BackendUnavailableError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
+    _, out, _ = finish(start(child_env(), "-c", code))
     assert "not installed" in out and "pip install" in out and "jax" in out
     try:
         backends.get_backend("cupy")
@@ -80,9 +77,9 @@ def test_importing_backends_imports_no_array_library():
     code = ("import sys, backends\n"
             "print(sorted(m for m in ('numpy', 'jax', 'cupy', 'torch', 'array_api_strict', 'array_api_compat')"
             " if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    returncode, out, err = finish(start(child_env(), "-c", code))
+    assert returncode == 0, err
+    assert out.strip() == "[]"
 
 
 def test_scatter_add_accumulates_duplicate_indices(backend):
@@ -141,3 +138,35 @@ def test_jit_compiles_on_jax_and_is_identity_elsewhere(backend):
         assert compiled is f
     assert np.array_equal(backend.to_numpy(compiled(backend.asarray(np.ones(3, np.float32)))), np.full(3, 2.0))
     backend.synchronize()
+
+
+# --- the copy contract of asarray and to_numpy, as backends/base.py states it ----------------------------------------
+
+def test_asarray_aliases_or_copies_as_stated(backend):
+    """numpy and strict share memory with a host array of the asked dtype; every other case is a copy. The host
+    buffer is 64-byte aligned: the case where a library may take it over without copying (JAX on the CPU)."""
+    buffer = np.zeros(6 * 4 + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    host = buffer[start:start + 6 * 4].view(np.int32).reshape(2, 3)     # [24 bytes] -> int32 [2, 3]
+    host[...] = np.arange(6).reshape(2, 3)
+    same_dtype, converted = backend.asarray(host), backend.asarray(host, dtype="float32")
+    host[0, 0] = 100
+    aliases = backend.name in ("numpy", "strict")
+    assert backend.to_numpy(same_dtype)[0, 0] == (100 if aliases else 0), "asarray broke its copy contract"
+    assert backend.to_numpy(converted)[0, 0] == 0, "a dtype conversion must copy"
+
+
+def test_to_numpy_views_or_copies_as_stated(backend):
+    """numpy, strict and torch on the CPU give a writeable view; jax a read-only array; cupy and torch on a GPU
+    a copy."""
+    device = backend.asarray(np.arange(6, dtype=np.float32))
+    out = backend.to_numpy(device)
+    if backend.name == "jax":
+        assert not out.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            out[0] = 100
+    else:
+        assert out.flags.writeable
+        out[0] = 100
+        view = backend.name in ("numpy", "strict") or (backend.name == "torch" and backend.device.type == "cpu")
+        assert backend.to_numpy(device)[0] == (100 if view else 0), "to_numpy broke its copy contract"

@@ -4,14 +4,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
 from minibert.config import BertConfig
+from support import ROOT, child_env, run_script
 
 
 def _load_benchmark():
@@ -66,18 +63,16 @@ def test_host_batch_labels():
     assert all((batch[k] == again[k]).all() for k in batch)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None,
                     reason="the PyTorch reference needs torch and transformers")
 def test_tiny_run_writes_sane_json(tmp_path):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("MINIBERT_BACKEND", None)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--presets", "tiny", "--batch-size", "4",
-         "--seq-len", "32", "--repeats", "2", "--infer-repeats", "1", "--warmup", "1", "--max-warmup", "1",
-         "--backends", "numpy", "--reference-variants", "eager", "--gemm-size", "128", "--gemm-repeats", "1",
-         "--scatter-repeats", "2", "--pause", "0", "--burst-warmup", "0", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_script(
+        child_env(), "benchmark.py", "--presets", "tiny", "--batch-size", "4", "--seq-len", "32", "--repeats", "2",
+        "--infer-repeats", "1", "--warmup", "1", "--max-warmup", "1", "--backends", "numpy",
+        "--reference-variants", "eager", "--gemm-size", "128", "--gemm-repeats", "1", "--scatter-repeats", "2",
+        "--pause", "0", "--burst-warmup", "0", "--json", out, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "TRAIN STEP" in result.stdout and "pytorch-eager" in result.stdout
     report = json.loads(out.read_text())

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch", reason="the transformers fidelity tests nee
 transformers = pytest.importorskip(
     "transformers", reason="the transformers fidelity tests need transformers: pip install -e '.[interop]'")
 
-from conftest import backend_or_skip  # noqa: E402
+from support import backend_or_skip  # noqa: E402
 from minibert import BertConfig, classify_logits, classify_loss_and_grads, param_shapes  # noqa: E402
 from minibert.hf import (config_from_transformers, encoder_from_transformers, from_transformers,  # noqa: E402
                          params_from_state_dict, params_to_state_dict, to_transformers, transformers_shapes)

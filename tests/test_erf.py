@@ -69,22 +69,18 @@ def _check_f32(x, got):
 
 # -- NumPy (plain ndarrays) ---------------------------------------------------
 
-def test_numpy_float64():
-    x = _grid_f64()
-    with np.errstate(over="raise", invalid="raise", divide="raise"):
-        got = erf(x)
-    assert isinstance(got, np.ndarray) and got.dtype == np.float64
-    assert got.shape == x.shape
-    _check_f64(x, got)
+GRIDS = {"float64": (_grid_f64, _check_f64), "float32": (_grid_f32, _check_f32)}   # dtype: (inputs, their check)
 
 
-def test_numpy_float32():
-    x = _grid_f32()
+@pytest.mark.parametrize("dtype", GRIDS)
+def test_numpy(dtype):
+    grid, check = GRIDS[dtype]
+    x = grid()
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         got = erf(x)
-    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    assert isinstance(got, np.ndarray) and got.dtype == dtype
     assert got.shape == x.shape
-    _check_f32(x, got)
+    check(x, got)
 
 
 def test_numpy_float64_subnormals():
@@ -142,26 +138,18 @@ def _strict():
     return array_api_strict
 
 
-def test_strict_float64():
+@pytest.mark.parametrize("dtype", GRIDS)
+def test_strict(dtype):
     xs = _strict()
-    x = _grid_f64()
-    got = erf(xs.asarray(x, dtype=xs.float64))
-    assert got.dtype == xs.float64
+    grid, check = GRIDS[dtype]
+    x = grid()
+    got = erf(xs.asarray(x, dtype=getattr(xs, dtype)))
+    assert got.dtype == getattr(xs, dtype)
     out = np.from_dlpack(got)
-    assert out.dtype == np.float64
-    _check_f64(x, out)
-
-
-def test_strict_float32():
-    xs = _strict()
-    x = _grid_f32()
-    got = erf(xs.asarray(x, dtype=xs.float32))
-    assert got.dtype == xs.float32
-    out = np.from_dlpack(got)
-    assert out.dtype == np.float32
-    _check_f32(x, out)
-    # identical to the in-place NumPy path
-    np.testing.assert_array_equal(out, erf(x))
+    assert out.dtype == dtype
+    check(x, out)
+    if dtype == "float32":          # identical to the in-place NumPy path
+        np.testing.assert_array_equal(out, erf(x))
 
 
 def test_strict_2d():

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import random_batch
 from minibert import BertConfig, init_params, loss_and_grads
 from minibert import ops
 from minibert.attention import attention_backward, attention_forward, mask_bias
 from minibert.loss import cross_entropy_backward, cross_entropy_forward
+from support import random_batch
 
 REL_TOL = 1e-6
 STEP = 1e-4

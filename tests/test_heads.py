@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import backend_or_skip, random_batch
+from support import backend_or_skip, random_batch
 from minibert import (BertConfig, classify_forward_backward, classify_logits, classify_loss_and_grads,
                       classify_metrics, init_params, param_shapes)
 from minibert import heads

@@ -17,12 +17,12 @@ torch = pytest.importorskip("torch", reason="the transformers fidelity tests nee
 transformers = pytest.importorskip(
     "transformers", reason="the transformers fidelity tests need transformers: pip install -e '.[interop]'")
 
-from conftest import backend_or_skip  # noqa: E402
 from minibert import BertConfig, loss_and_grads, mlm_logits, param_shapes  # noqa: E402
 from minibert.hf import (config_from_transformers, from_transformers, params_from_state_dict,  # noqa: E402
                          params_to_state_dict, to_transformers, transformers_shapes)
 from minibert.params import init_host_params  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
+from support import ROOT, assert_tree_close, backend_or_skip  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 if hasattr(transformers.utils.logging, "disable_progress_bar"):
@@ -122,6 +122,8 @@ def reference(case, dtype=torch.float32, pad_inside=False):
         config, params = from_transformers(model)
         batch = hf_batch(config, rows, seq, pad_inside=pad_inside)
         logits, loss, grads = torch_reference(model, batch, dtype)
+        trivial = [name for name, g in grads.items() if not np.any(g)]
+        assert not trivial, f"reference gradients {trivial} are all zero: comparing with them would prove nothing"
         _CACHE[key] = (config, params, batch, logits, loss, grads)
     return _CACHE[key]
 
@@ -139,19 +141,6 @@ def assert_numpy_logits_match(model, config, params):
     ours = backend.to_numpy(mlm_logits(on(backend, params), batch["input_ids"], batch["attention_mask"],
                                        batch["token_type_ids"], config=config, backend=backend))
     np.testing.assert_allclose(ours, ref, rtol=LOGITS_TOL, atol=LOGITS_TOL)
-
-
-def assert_grads_close(grads, ref, backend, rtol):
-    """Every gradient within `rtol` of its reference, relative to the reference tensor's largest entry."""
-    assert sorted(grads) == sorted(ref)
-    for name, value in grads.items():
-        ours = backend.to_numpy(value).astype(np.float64)
-        theirs = ref[name].astype(np.float64)
-        assert ours.shape == theirs.shape, name
-        scale = np.max(np.abs(theirs))
-        assert scale > 0, f"reference gradient of {name} is all zero: the test would prove nothing"
-        err = np.max(np.abs(ours - theirs)) / scale
-        assert err <= rtol, f"gradient of {name}: max |ours - transformers| / max |transformers| = {err:.3g}"
 
 
 # --- logits, loss and gradients on every backend ----------------------------------------------------------------
@@ -172,7 +161,7 @@ def test_loss_and_every_gradient_match_torch_autograd(backend, case):
     config, params, batch, _, ref_loss, ref_grads = reference(case)
     loss, grads = loss_and_grads(on(backend, params), batch, config=config, backend=backend, dropout_seed=None)
     np.testing.assert_allclose(loss, ref_loss, rtol=LOGITS_TOL, atol=LOGITS_TOL)
-    assert_grads_close(grads, ref_grads, backend, GRAD_RTOL)
+    assert_tree_close(grads, ref_grads, rtol=0, atol=0, scaled_atol=GRAD_RTOL)
 
 
 @pytest.mark.parametrize("case", ["h40-a5-L3-pytorch_tanh", "h96-a2-L4-gelu"])
@@ -185,7 +174,7 @@ def test_float64_matches_torch_float64(float64_backend, case):
     np.testing.assert_allclose(logits, ref_logits, rtol=F64_TOL, atol=F64_TOL)
     loss, grads = loss_and_grads(device_params, batch, config=config, backend=float64_backend)
     np.testing.assert_allclose(loss, ref_loss, rtol=F64_TOL, atol=F64_TOL)
-    assert_grads_close(grads, ref_grads, float64_backend, F64_TOL)
+    assert_tree_close(grads, ref_grads, rtol=0, atol=0, scaled_atol=F64_TOL)
 
 
 def test_pad_token_row_gradient_matches_transformers(backend):
@@ -195,7 +184,7 @@ def test_pad_token_row_gradient_matches_transformers(backend):
     config, params, batch, _, ref_loss, ref_grads = reference(case, pad_inside=True)
     loss, grads = loss_and_grads(on(backend, params), batch, config=config, backend=backend)
     np.testing.assert_allclose(loss, ref_loss, rtol=LOGITS_TOL, atol=LOGITS_TOL)
-    assert_grads_close(grads, ref_grads, backend, GRAD_RTOL)
+    assert_tree_close(grads, ref_grads, rtol=0, atol=0, scaled_atol=GRAD_RTOL)
 
 
 def test_sdpa_attention_gives_the_same_logits():
@@ -246,9 +235,8 @@ def test_transformers_round_trip_is_lossless_and_loads_cleanly(tmp_path):
     config_back, params_back = from_transformers(tmp_path)
     assert config_back == config
     assert list(params_back) == list(param_shapes(config))
-    for name, value in params.items():
-        assert params_back[name].dtype == np.float32
-        np.testing.assert_array_equal(params_back[name], value, err_msg=name)
+    assert all(value.dtype == np.float32 for value in params_back.values())
+    assert_tree_close(params_back, params, rtol=0, atol=0)
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["architectures"] == ["BertForMaskedLM"] and written["model_type"] == "bert"
     assert written["hidden_act"] == "gelu_pytorch_tanh"
@@ -273,8 +261,7 @@ def test_minibert_export_loads_in_transformers_with_the_same_logits(backend, tmp
     params = on(backend, host)
     to_transformers(params, config, tmp_path)                 # backend arrays, converted without being told how
     _, back = from_transformers(tmp_path)
-    for name, value in host.items():
-        np.testing.assert_array_equal(back[name], value, err_msg=name)
+    assert_tree_close(back, host, rtol=0, atol=0)
     model, info = load_hf(tmp_path)
     assert_clean(info)
     hf_config = transformers.BertConfig.from_pretrained(str(tmp_path), local_files_only=True)
@@ -335,24 +322,21 @@ def test_reads_sharded_safetensors_bin_and_half_precision(tmp_path):
     model.save_pretrained(tmp_path / "sharded", max_shard_size="4KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     _, params = from_transformers(tmp_path / "sharded")
-    for name in expected:
-        np.testing.assert_array_equal(params[name], expected[name], err_msg=name)
+    assert_tree_close(params, expected, rtol=0, atol=0)
     # only pytorch_model.bin: read through transformers' own (weights-only) loader
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text(model.config.to_json_string())
     torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     _, params = from_transformers(tmp_path / "bin")
-    for name in expected:
-        np.testing.assert_array_equal(params[name], expected[name], err_msg=name)
+    assert_tree_close(params, expected, rtol=0, atol=0)
     # bfloat16 (which NumPy lacks) and float16 checkpoints widen exactly to float32
     for dtype in (torch.bfloat16, torch.float16):
         half = hf_model(**SMALL).to(dtype)
         half.save_pretrained(tmp_path / str(dtype))
         _, params = from_transformers(tmp_path / str(dtype))
         _, direct = from_transformers(half)
-        for name in direct:
-            assert params[name].dtype == np.float32
-            np.testing.assert_array_equal(params[name], direct[name], err_msg=name)
+        assert all(value.dtype == np.float32 for value in params.values())
+        assert_tree_close(params, direct, rtol=0, atol=0)
 
 
 def test_skips_pooler_and_next_sentence_head_and_reads_gamma_beta_names():
@@ -367,8 +351,7 @@ def test_skips_pooler_and_next_sentence_head_and_reads_gamma_beta_names():
     state["bert.embeddings.LayerNorm.gamma"] = state.pop("bert.embeddings.LayerNorm.weight")
     state["bert.embeddings.LayerNorm.beta"] = state.pop("bert.embeddings.LayerNorm.bias")
     params = params_from_state_dict(state, config)
-    for name in expected:
-        np.testing.assert_array_equal(params[name], expected[name], err_msg=name)
+    assert_tree_close(params, expected, rtol=0, atol=0)
 
 
 def test_state_dict_round_trip_is_exact_and_complete():
@@ -379,8 +362,7 @@ def test_state_dict_round_trip_is_exact_and_complete():
     assert {k: v.shape for k, v in state.items()} == transformers_shapes(config)
     assert all(v.flags.c_contiguous and v.dtype == np.float32 for v in state.values())
     back = params_from_state_dict(state, config)
-    for name, value in host.items():
-        np.testing.assert_array_equal(back[name], value, err_msg=name)
+    assert_tree_close(back, host, rtol=0, atol=0)
     # the layout of docs/PARAMS.md: qkv columns [0:H] = query.weight.T, [H:2H] = key, [2H:3H] = value
     qkv = host["layers.1.attn.qkv.weight"]
     np.testing.assert_array_equal(state["bert.encoder.layer.1.attention.self.key.weight"], qkv[:, 12:24].T)
@@ -460,7 +442,6 @@ def test_export_script_writes_a_loadable_folder_from_a_run(tmp_path, capsys):
     if not hasattr(checkpoint, "save_checkpoint"):
         pytest.skip("minibert.checkpoint has no save_checkpoint yet")
     import importlib.util
-    from conftest import ROOT
 
     spec = importlib.util.spec_from_file_location("export_hf", ROOT / "scripts" / "export_hf.py")
     export_hf = importlib.util.module_from_spec(spec)
@@ -480,6 +461,5 @@ def test_export_script_writes_a_loadable_folder_from_a_run(tmp_path, capsys):
     assert "no missing/unexpected keys" in capsys.readouterr().out
     config_back, back = from_transformers(tmp_path / "out")
     assert config_back == config
-    for name, value in params.items():
-        np.testing.assert_array_equal(back[name], value, err_msg=name)
+    assert_tree_close(back, params, rtol=0, atol=0)
     assert (tmp_path / "out" / "vocab.txt").read_text(encoding="utf-8") == (run / "vocab.txt").read_text()

@@ -12,7 +12,7 @@ import pytest
 import backends
 import minibert.api
 from backends import numpy_backend
-from conftest import ROOT, random_batch
+from support import ROOT, random_batch
 from minibert import BertConfig, init_params, model, ops
 from minibert.attention import attention_backward, attention_forward, mask_bias
 from minibert.batch import check_batch, device_batch

@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 
 import backends
-from conftest import ROOT, backend_or_skip, random_batch
 from minibert import BertConfig, forward_backward, init_params, loss_and_grads, mlm_logits
 from minibert import ops
 from minibert.attention import attention_forward, mask_bias
 from minibert.batch import check_batch, device_batch
 from minibert.optim import AdamWConfig, accumulate, init_state
 from minibert.step import make_train_step
+from support import ROOT, assert_tree_close, backend_or_skip, random_batch
 
 SMALL = BertConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position=12)
-
-
-def host(backend, tree):
-    return {k: backend.to_numpy(v) for k, v in tree.items()}
 
 
 # --- the padding mask acts on attention scores ---------------------------------------------------------------
@@ -77,8 +73,7 @@ def test_gradient_accumulation_reuses_its_buffers_where_writeable(backend):
     first = dict(total)
     for g in grads[1:]:
         total = accumulate(total, g)
-    for k in expected:
-        np.testing.assert_allclose(backend.to_numpy(total[k]), expected[k], rtol=1e-5, atol=1e-6)
+    assert_tree_close(total, expected, rtol=1e-5, atol=1e-6)
     if backend.inplace:
         assert all(total[k] is first[k] for k in total), "accumulation allocated new buffers"
 
@@ -112,11 +107,8 @@ def test_every_backend_matches_numpy_float32(backend, dropout_seed):
     loss, grads = loss_and_grads(init_params(SMALL, 0, backend), batch, config=SMALL, backend=backend,
                                  dropout_seed=dropout_seed)
     assert abs(loss - loss_ref) <= 1e-4 * abs(loss_ref)
-    for name, g in grads_ref.items():
-        got = backend.to_numpy(grads[name])
-        assert got.dtype == np.float32, name
-        scale = np.abs(g).max()
-        np.testing.assert_allclose(got, g, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+    assert all(g.dtype == np.float32 for g in grads_ref.values())
+    assert_tree_close(grads, grads_ref, rtol=1e-4, atol=0, scaled_atol=1e-4)      # dtypes too: float32
 
 
 def test_every_backend_matches_numpy_float64(float64_backend):
@@ -127,9 +119,7 @@ def test_every_backend_matches_numpy_float64(float64_backend):
     loss, grads = loss_and_grads(init_params(SMALL, 0, float64_backend, "float64"), batch, config=SMALL,
                                  backend=float64_backend)
     assert abs(loss - loss_ref) <= 1e-10 * abs(loss_ref)
-    for name, g in grads_ref.items():
-        np.testing.assert_allclose(float64_backend.to_numpy(grads[name]), g, rtol=1e-10,
-                                   atol=1e-10 * np.abs(g).max(), err_msg=name)
+    assert_tree_close(grads, grads_ref, rtol=1e-10, atol=0, scaled_atol=1e-10)
 
 
 def train_losses(backend, config, batch, steps, lr, dropout_seed=None, accum=1):
@@ -155,6 +145,7 @@ def test_twenty_adamw_steps_follow_numpy(backend):
     assert ref[-1] < ref[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["numpy", "jax"])
 def test_tiny_model_overfits_one_batch(name):
     be = backend_or_skip(name)
@@ -169,8 +160,7 @@ def test_accumulating_two_equal_micro_batches_equals_one(backend):
     one, p1 = train_losses(backend, SMALL, batch, 3, 1e-3, accum=1)
     two, p2 = train_losses(backend, SMALL, batch, 3, 1e-3, accum=2)
     np.testing.assert_allclose(two, one, rtol=1e-5)
-    for k in p1:
-        np.testing.assert_allclose(backend.to_numpy(p2[k]), backend.to_numpy(p1[k]), rtol=1e-4, atol=1e-6)
+    assert_tree_close(p2, p1, rtol=1e-4, atol=1e-6)
 
 
 def test_float32_run_keeps_every_array_float32(backend):
@@ -200,6 +190,7 @@ def test_float32_run_keeps_every_array_float32(backend):
     assert all(g.dtype == backend.dtype("float32") for g in grads.values())
 
 
+@pytest.mark.slow
 def test_jax_hand_written_gradients_equal_jax_grad():
     be = backend_or_skip("jax")
     import jax
@@ -215,9 +206,7 @@ def test_jax_hand_written_gradients_equal_jax_grad():
         return forward_backward(p, arrays, key, config=config, backend=be)[0]
     auto = jax.grad(loss_only)(params)
     _, hand = forward_backward(params, arrays, key, config=config, backend=be)
-    for name in params:
-        a, h = np.asarray(auto[name]), np.asarray(hand[name])
-        np.testing.assert_allclose(h, a, rtol=1e-5, atol=1e-5 * np.abs(a).max() + 1e-9, err_msg=name)
+    assert_tree_close(hand, auto, rtol=1e-5, atol=1e-9, scaled_atol=1e-5)
 
 
 def test_model_modules_import_no_array_library():

@@ -5,72 +5,45 @@ training with the last good checkpoint kept, or is skipped and counted with --sk
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 import minibert.pretrain
-from conftest import ROOT
 from minibert import checkpoint as ckpt
 from minibert import fileio
 from minibert.loop import NonFiniteError
 from minibert.pretrain import train
 from minibert.settings import TrainSettings, resume_settings
+from support import (ROOT, TINY_RUN, assert_tree_close, child_env, finish, latest_tensors, records, start,
+                     start_script)
 
 STEPS = 16
-TINY = ["--config", "tiny", "--vocab-size", "1000", "--seq-len", "32", "--batch-size", "8", "--no-progress",
-        "--eval-batches", "2"]
 
 
-def write_corpus(path, chars=60_000):
-    """A small corpus (the first `chars` characters of Python's help topics): quick to tokenize, enough for tiny runs."""
-    from pydoc_data.topics import topics
-
-    path.write_text("\n\n".join(topics[name] for name in sorted(topics))[:chars], encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Environment for the scripts: one tokenizer cache for the module, one BLAS thread (fast and steady on 2 cores)."""
-    root = tmp_path_factory.mktemp("robust")
-    env = dict(os.environ, MINIBERT_CACHE=str(root / "cache"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    for name in ("MINIBERT_BACKEND", "JAX_ENABLE_X64"):
-        env.pop(name, None)
-    env["ROBUST_CORPUS"] = str(write_corpus(root / "corpus.txt"))
-    return env
-
-
-def train_args(env, *extra):
-    return [*TINY, "--corpus", env["ROBUST_CORPUS"], "--steps", str(STEPS), "--save-every", "1", "--eval-every", "5",
+def train_args(corpus, *extra):
+    return [*TINY_RUN, "--corpus", corpus, "--steps", str(STEPS), "--save-every", "1", "--eval-every", "5",
             "--dropout", "0.1", "--keep-checkpoints", "3", *extra]
 
 
-def start(env, *args, phase=None, at=0):
+def start_train(env, *args, phase=None, at=0):
     """scripts/train.py in a child process; with `phase`, it SIGKILLs itself at its `at`-th checkpoint write:
     'tensors' with the temporary tensor file half written, 'sidecar' after the tensor file is renamed into place
     but before its sidecar, 'latest' after the sidecar but before `latest` moves."""
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *map(str, args)]
     if phase:
-        command = [sys.executable, "-c", KILLER, str(ROOT), phase, str(at), *command[1:]]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return start(env, "-c", KILLER, phase, at, ROOT / "scripts" / "train.py", *args)
+    return start_script(env, "train.py", *args)
 
 
 KILLER = r'''
 import os, runpy, signal, sys
-root, phase, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sys.path.insert(0, root)
+phase, at = sys.argv[1], int(sys.argv[2])
 import minibert.checkpoint as ck
 count = [0]
 
@@ -96,42 +69,15 @@ else:
                 die()
         real_write(path, data)
     ck.atomic_write_bytes = atomic_write_bytes
-sys.argv = sys.argv[4:]
+sys.argv = sys.argv[3:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
-
-
-def finish(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
-
-
-def records(run_dir, kind="loss"):
-    """The records of metrics.jsonl that have `kind` (lines being written are skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    found = []
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        try:
-            found.append(json.loads(line))
-        except ValueError:
-            continue
-    return [r for r in found if kind in r]
 
 
 def trace(run_dir):
     """Everything in metrics.jsonl that must not depend on interruptions (not the timings)."""
     return ([(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in records(run_dir)],
             [{k: v for k, v in r.items()} for r in records(run_dir, "eval_loss")])
-
-
-def latest_tensors(run_dir):
-    return load_file(str(ckpt.latest_checkpoint(run_dir)[0]))
-
-
-def assert_same_tensors(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        assert np.array_equal(a[name], b[name]), name
 
 
 def assert_consistent(run_dir):
@@ -145,10 +91,10 @@ def assert_consistent(run_dir):
 
 
 @pytest.fixture(scope="module")
-def straight(env, tmp_path_factory):
+def straight(script_env, corpus, tmp_path_factory):
     """An uninterrupted run, started in the background; `straight()` waits for it and returns its directory."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    proc = start(env, *train_args(env), "--out", run_dir)
+    proc = start_train(script_env, *train_args(corpus), "--out", run_dir)
 
     def wait():
         if proc.returncode is None:
@@ -163,7 +109,7 @@ def straight(env, tmp_path_factory):
 
 # --- (a) SIGKILL at random moments, checkpoint writes included; resume; bit-identical -----------------------------
 
-def test_sigkill_at_any_moment_then_resume_is_bit_identical(env, straight, tmp_path):
+def test_sigkill_at_any_moment_then_resume_is_bit_identical(script_env, corpus, straight, tmp_path):
     rng = np.random.default_rng(20261127)
     run_dir = tmp_path / "run"
     # the first attack kills the first checkpoint write of a fresh run: nothing to resume, the run starts over
@@ -172,10 +118,10 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(env, straight, tmp_p
     fresh = True
     log = []
     for phase, at in plan:
-        args = train_args(env, "--out", run_dir) if fresh else ["--resume", run_dir, "--no-progress"]
+        args = train_args(corpus, "--out", run_dir) if fresh else ["--resume", run_dir, "--no-progress"]
         before = ckpt.latest_checkpoint(run_dir)[1]["step"] if not fresh else 0
         if phase == "kill":
-            proc = start(env, *args)
+            proc = start_train(script_env, *args)
             target, reset = before + int(rng.integers(1, 4)), False
             while proc.poll() is None:         # wait for step `target` of this process (not a stale record)
                 top = max((r["step"] for r in records(run_dir)), default=0)
@@ -186,7 +132,7 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(env, straight, tmp_p
             time.sleep(float(rng.uniform(0.0, 0.06)))      # anywhere in the next step or checkpoint write
             proc.send_signal(signal.SIGKILL)
         else:
-            proc = start(env, *args, phase=phase, at=at)
+            proc = start_train(script_env, *args, phase=phase, at=at)
         code, out, err = finish(proc)
         assert code == -signal.SIGKILL, (phase, code, err[-3000:])
         assert_consistent(run_dir)
@@ -194,17 +140,18 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(env, straight, tmp_p
         log.append((phase, at, before, None if fresh else ckpt.latest_checkpoint(run_dir)[1]["step"],
                     len(list(run_dir.glob(fileio.TEMPORARY_GLOB)))))
         if fresh:      # stopped before its first checkpoint: --resume says so, and changes nothing
-            code, _, err = finish(start(env, "--resume", run_dir, "--no-progress"))
+            code, _, err = finish(start_train(script_env, "--resume", run_dir, "--no-progress"))
             assert code == 2 and "has no checkpoint yet" in err and f"--out {run_dir}" in err, err[-2000:]
     assert log[0][3] is None and log[0][4] == 1, log     # killed in the first write: a temporary file, no checkpoint
     assert log[-1][3] is not None and log[-1][3] < STEPS, log
-    code, out, err = finish(start(env, "--resume", run_dir, "--no-progress"))
+    code, out, err = finish(start_train(script_env, "--resume", run_dir, "--no-progress"))
     assert code == 0, err[-3000:]
     assert "resuming" in out
     assert not list(run_dir.glob(fileio.TEMPORARY_GLOB)), "temporary files were left behind"
     assert len(ckpt.list_checkpoints(run_dir)) == 3
     reference = straight()
-    assert_same_tensors(latest_tensors(reference), latest_tensors(run_dir))   # params and both Adam moments
+    # params and both Adam moments, bit for bit
+    assert_tree_close(latest_tensors(run_dir), latest_tensors(reference), rtol=0, atol=0)
     assert trace(reference) == trace(run_dir), log
 
 
@@ -239,19 +186,18 @@ def test_atomic_write_killed_mid_write_leaves_the_old_file(tmp_path):
     """A child writes 32 MB through atomic_write_bytes and is SIGKILLed before the data is durable and renamed."""
     target = tmp_path / "big.bin"
     target.write_bytes(b"old contents")
-    child = subprocess.Popen([sys.executable, "-c", r'''
+    child = start(child_env(), "-c", r'''
 import os, sys, time
-sys.path.insert(0, sys.argv[1])
 from minibert import fileio
 def slow_fsync(fd):
     print("writing", flush=True)
     time.sleep(60)
 os.fsync = slow_fsync
-fileio.atomic_write_bytes(sys.argv[2], os.urandom(32 << 20))
-''', str(ROOT), str(target)], stdout=subprocess.PIPE, text=True)
+fileio.atomic_write_bytes(sys.argv[1], os.urandom(32 << 20))
+''', target)
     assert child.stdout.readline().strip() == "writing"
     child.kill()
-    child.wait()
+    finish(child)
     assert target.read_bytes() == b"old contents"
     leftovers = list(tmp_path.glob(fileio.TEMPORARY_GLOB))
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".big.bin.tmp-")
@@ -259,12 +205,12 @@ fileio.atomic_write_bytes(sys.argv[2], os.urandom(32 << 20))
 
 # --- (b) SIGTERM: a checkpoint, a clean exit, and how to resume ------------------------------------------------------
 
-def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(env, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(script_env, corpus, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(env, *train_args(env, "--save-every", "1000", "--steps", "1000", "--out", run_dir))
-    deadline = time.time() + 120
-    while proc.poll() is None and len(records(run_dir)) < 2 and time.time() < deadline:
+    proc = start_train(script_env, *train_args(corpus, "--save-every", "1000", "--steps", "1000", "--out", run_dir))
+    while proc.poll() is None and len(records(run_dir)) < 2:
         time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before two steps"
     proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc)
     assert code == 128 + signal.SIGTERM, err[-3000:]
@@ -279,7 +225,7 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(env, tmp_path):
 
 # --- (c) a truncated or corrupted checkpoint --------------------------------------------------------------------------
 
-def test_corrupted_latest_checkpoint_is_named_and_fallback_resumes_from_the_previous(env, straight, tmp_path):
+def test_corrupted_latest_checkpoint_is_named_and_fallback_resumes_from_the_previous(script_env, straight, tmp_path):
     reference = straight()
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
@@ -289,16 +235,17 @@ def test_corrupted_latest_checkpoint_is_named_and_fallback_resumes_from_the_prev
     newest.write_bytes(bytes(data))
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
 
-    code, out, err = finish(start(env, "--resume", run_dir, "--no-progress"))
+    code, out, err = finish(start_train(script_env, "--resume", run_dir, "--no-progress"))
     assert code == 2, err[-3000:]
     assert f"checkpoint {newest} fails its sha256 check: the file is corrupted" in err
     assert "--resume-fallback" in err
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before      # refused: nothing touched
 
-    code, out, err = finish(start(env, "--resume", run_dir, "--resume-fallback", "--no-progress"))
+    code, out, err = finish(start_train(script_env, "--resume", run_dir, "--resume-fallback", "--no-progress"))
     assert code == 0, err[-3000:]
     assert "from ckpt-00000015.safetensors (step 15)" in out
-    assert_same_tensors(latest_tensors(reference), latest_tensors(run_dir))   # step 16 redone, bit-identical
+    # step 16 redone, bit-identical
+    assert_tree_close(latest_tensors(run_dir), latest_tensors(reference), rtol=0, atol=0)
     assert trace(reference) == trace(run_dir)
 
 
@@ -346,10 +293,10 @@ def test_truncated_missing_or_unannounced_checkpoints(straight, tmp_path):
 # --- (d) non-finite loss or gradient ---------------------------------------------------------------------------------
 
 @pytest.fixture
-def poisoned_step(monkeypatch, env):
+def poisoned_step(monkeypatch, script_env):
     """Training in this process, where the gradient of chosen forward_backward calls (1-based) is made inf, and
     chosen calls send this process SIGINT (as Ctrl-C would)."""
-    monkeypatch.setenv("MINIBERT_CACHE", env["MINIBERT_CACHE"])
+    monkeypatch.setenv("MINIBERT_CACHE", script_env["MINIBERT_CACHE"])
     real = minibert.pretrain.forward_backward
     plan = {"calls": 0, "poison": set(), "interrupt": set()}
 
@@ -366,21 +313,21 @@ def poisoned_step(monkeypatch, env):
     return plan
 
 
-def nan_settings(env, run_dir, **overrides):
+def nan_settings(corpus, run_dir, **overrides):
     return TrainSettings(**{**dict(backend="numpy", config="tiny", vocab_size=1000, seq_len=32, batch_size=8, steps=5, save_every=1,
                                    eval_every=100, eval_batches=1, dropout=0.0, keep_checkpoints=10, progress=False,
-                                   corpus=(env["ROBUST_CORPUS"],), out=str(run_dir)), **overrides})
+                                   corpus=(str(corpus),), out=str(run_dir)), **overrides})
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_nonfinite_gradient_stops_and_keeps_the_last_good_checkpoint(env, poisoned_step, tmp_path):
+def test_nonfinite_gradient_stops_and_keeps_the_last_good_checkpoint(corpus, poisoned_step, tmp_path):
     poisoned_step["poison"] = {3}
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteError, match=r"non-finite gradient norm at step 3 \(loss=[\d.]+, grad_norm=(inf|nan)\)"
                                              r": training stopped without saving this step; the last good checkpoint, "
                                              r".*ckpt-00000002\.safetensors \(step 2\), is kept; continue from it with: "
                                              r"python scripts/train.py --resume .* --skip-nonfinite"):
-        train(nan_settings(env, run_dir))
+        train(nan_settings(corpus, run_dir))
     path, sidecar = ckpt.latest_checkpoint(run_dir)
     assert path.name == "ckpt-00000002.safetensors" and sidecar["step"] == 2
     assert not (run_dir / "ckpt-00000003.safetensors").exists()
@@ -388,13 +335,13 @@ def test_nonfinite_gradient_stops_and_keeps_the_last_good_checkpoint(env, poison
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_skip_nonfinite_skips_the_step_counts_it_and_keeps_the_count_on_resume(env, poisoned_step, tmp_path):
+def test_skip_nonfinite_skips_the_step_counts_it_and_keeps_the_count_on_resume(corpus, poisoned_step, tmp_path):
     poisoned_step["poison"], poisoned_step["interrupt"] = {3}, {4}
     run_dir = tmp_path / "run"
-    result = train(nan_settings(env, run_dir, skip_nonfinite=True))
+    result = train(nan_settings(corpus, run_dir, skip_nonfinite=True))
     assert result["interrupted"] == "SIGINT" and result["step"] == 4
     before, skipped = (load_file(str(run_dir / f"ckpt-0000000{s}.safetensors")) for s in (2, 3))
-    assert_same_tensors(before, skipped)                  # params and Adam moments unchanged by the skipped step
+    assert_tree_close(skipped, before, rtol=0, atol=0)     # params and Adam moments unchanged by the skipped step
     poisoned_step["poison"], poisoned_step["interrupt"] = set(), set()
     result = train(resume_settings(run_dir, progress=False))
     assert result["step"] == 5

@@ -18,16 +18,17 @@ import time
 
 import pytest
 
-from conftest import ROOT
 from minibert import checkpoint as ckpt
 from minibert import fileio
 from minibert.fileio import DirectoryLock, DirectoryLockedError
 from minibert.pretrain import train
 from minibert.rundir import RunIOError
 from minibert.settings import TrainSettings
-from test_robustness import STEPS, assert_same_tensors, finish, latest_tensors, records, trace, train_args
-# fixtures: the scripts' environment and an undisturbed run of train_args()
-from test_robustness import env, straight as reference  # noqa: F401
+from support import ROOT, assert_tree_close, finish, latest_tensors, records
+from test_robustness import STEPS, trace, train_args
+# fixture: an undisturbed run of train_args()
+from test_robustness import straight as reference  # noqa: F401
+
 
 def start(env, *args, wrapper=None, wrapper_args=()):
     """scripts/train.py in a child process, optionally run by `wrapper` (Python source that patches the
@@ -82,16 +83,16 @@ def wait_for(condition, proc, what, timeout=180):
 
 
 def assert_same_run(reference_dir, run_dir):
-    assert_same_tensors(latest_tensors(reference_dir), latest_tensors(run_dir))   # params and both Adam moments
+    assert_tree_close(latest_tensors(run_dir), latest_tensors(reference_dir), rtol=0, atol=0)   # params and both Adam moments
     assert trace(reference_dir) == trace(run_dir)                                 # losses, lr, norms, evaluations
 
 
-def test_a_second_writer_is_refused_and_the_first_run_is_untouched(env, reference, tmp_path):
+def test_a_second_writer_is_refused_and_the_first_run_is_untouched(script_env, corpus, reference, tmp_path):
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
-    first = start(env, *train_args(env), "--out", run_dir, wrapper=PAUSE, wrapper_args=[gate])
+    first = start(script_env, *train_args(corpus), "--out", run_dir, wrapper=PAUSE, wrapper_args=[gate])
     wait_for(lambda: gate.with_name("gate.waiting").exists(), first, "its first checkpoint write")
-    seconds = {"train --out": start(env, *train_args(env), "--out", run_dir),
-               "train --resume": start(env, "--resume", run_dir, "--no-progress")}
+    seconds = {"train --out": start(script_env, *train_args(corpus), "--out", run_dir),
+               "train --resume": start(script_env, "--resume", run_dir, "--no-progress")}
     results = {case: finish(proc) for case, proc in seconds.items()}
     gate.touch()
     code, out, err = finish(first)
@@ -106,23 +107,23 @@ def test_a_second_writer_is_refused_and_the_first_run_is_untouched(env, referenc
     assert not (run_dir / fileio.LOCK_FILE).exists()                              # released at the end
 
 
-def test_a_sigkilled_writer_does_not_block_resume(env, reference, tmp_path):
+def test_a_sigkilled_writer_does_not_block_resume(script_env, corpus, reference, tmp_path):
     run_dir = tmp_path / "run"
-    first = start(env, *train_args(env), "--out", run_dir)
+    first = start(script_env, *train_args(corpus), "--out", run_dir)
     wait_for(lambda: (run_dir / ckpt.LATEST).exists() and len(records(run_dir)) >= 2, first, "a checkpoint")
     first.send_signal(signal.SIGKILL)
     assert finish(first)[0] == -signal.SIGKILL
     assert (run_dir / fileio.LOCK_FILE).exists()          # the file stays; the lock died with the process
-    code, out, err = finish(start(env, "--resume", run_dir, "--no-progress"))
+    code, out, err = finish(start(script_env, "--resume", run_dir, "--no-progress"))
     assert code == 0, err[-3000:]
     assert "resuming" in out
     assert_same_run(reference(), run_dir)
     assert not list(run_dir.glob(fileio.TEMPORARY_GLOB))
 
 
-def test_a_full_disk_stops_the_run_with_the_last_good_checkpoint_and_the_resume_command(env, reference, tmp_path):
+def test_a_full_disk_stops_the_run_with_the_last_good_checkpoint_and_the_resume_command(script_env, corpus, reference, tmp_path):
     run_dir = tmp_path / "run"
-    code, out, err = finish(start(env, *train_args(env), "--out", run_dir, wrapper=DISK_FULL, wrapper_args=[4]))
+    code, out, err = finish(start(script_env, *train_args(corpus), "--out", run_dir, wrapper=DISK_FULL, wrapper_args=[4]))
     assert code == 1, err[-3000:]
     message = re.search(r"error: could not write checkpoint ckpt-00000004\.safetensors \(step 4\) in (\S+): "
                         r"\[Errno 28\] No space left on device: '\S+\.tmp-\d+'\. Training stopped; no partial file "
@@ -137,16 +138,16 @@ def test_a_full_disk_stops_the_run_with_the_last_good_checkpoint_and_the_resume_
     assert not (run_dir / fileio.LOCK_FILE).exists()
     command = message.group(3).split()
     assert command[:2] == ["python", "scripts/train.py"]
-    code, out, err = finish(start(env, *command[2:], "--no-progress"))        # the command it printed
+    code, out, err = finish(start(script_env, *command[2:], "--no-progress"))        # the command it printed
     assert code == 0, err[-3000:]
     assert_same_run(reference(), run_dir)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_a_failed_sidecar_write_removes_that_checkpoint(env, tmp_path, monkeypatch):
+def test_a_failed_sidecar_write_removes_that_checkpoint(script_env, corpus, tmp_path, monkeypatch):
     """The disk fills up after the tensors are in place, while writing the sidecar (a Python write): the step's
     files are removed again, `latest` stays on the previous checkpoint, and the error says so."""
-    monkeypatch.setenv("MINIBERT_CACHE", env["MINIBERT_CACHE"])
+    monkeypatch.setenv("MINIBERT_CACHE", script_env["MINIBERT_CACHE"])
     real_write = ckpt.atomic_write_bytes
 
     def atomic_write_bytes(path, data):
@@ -158,7 +159,7 @@ def test_a_failed_sidecar_write_removes_that_checkpoint(env, tmp_path, monkeypat
     run_dir = tmp_path / "run"
     settings = TrainSettings(backend="numpy", config="tiny", vocab_size=1000, seq_len=32, batch_size=8, steps=5,
                              save_every=1, eval_every=100, eval_batches=1, progress=False,
-                             corpus=(env["ROBUST_CORPUS"],), out=str(run_dir))
+                             corpus=(str(corpus),), out=str(run_dir))
     with pytest.raises(RunIOError, match=rf"could not write checkpoint ckpt-00000003\.safetensors \(step 3\) in "
                                          rf"{re.escape(str(run_dir))}: \[Errno 28\] No space left on device: .*"
                                          r"ckpt-00000002\.safetensors \(step 2\), is safe"):
@@ -172,7 +173,7 @@ OUT_CASES = ["a path under a file", "a read-only directory", "a read-only file s
 
 
 @pytest.mark.parametrize("case", OUT_CASES)
-def test_an_out_that_cannot_be_written_is_refused_before_any_work(env, tmp_path, monkeypatch, case):
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(script_env, corpus, tmp_path, monkeypatch, case):
     cache = tmp_path / "cache"                 # a fresh tokenizer cache: it stays absent if no work started
     if case == "a path under a file":
         (tmp_path / "a-file").write_text("")
@@ -197,29 +198,29 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(env, tmp_path,
         out = tmp_path / "new" / "run"
         with pytest.raises(OSError, match=rf"--out {re.escape(str(out))} is not writable: \[Errno 30\] Read-only "
                                           r"file system: "):
-            train(TrainSettings(config="tiny", corpus=(env["ROBUST_CORPUS"],), out=str(out), progress=False))
+            train(TrainSettings(config="tiny", corpus=(str(corpus),), out=str(out), progress=False))
         assert not (tmp_path / "new").exists() and not cache.exists()
         return
-    proc = start(dict(env, MINIBERT_CACHE=str(cache)), *train_args(env), "--out", out)
+    proc = start(dict(script_env, MINIBERT_CACHE=str(cache)), *train_args(corpus), "--out", out)
     code, _, err = finish(proc)
     assert code == 2, err[-2000:]
     assert re.search(rf"error: --out {re.escape(str(out))} {expected}", err), err[-2000:]
     assert "Traceback" not in err and not cache.exists()
 
 
-def test_readers_need_no_lock_and_exports_take_one(env, reference, tmp_path):
+def test_readers_need_no_lock_and_exports_take_one(script_env, corpus, reference, tmp_path):
     run_dir = reference()
     with DirectoryLock(run_dir):               # as if the run were still training
         predict = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(run_dir),
-                                  "the [MASK] function"], cwd=ROOT, env=env, capture_output=True, text=True)
+                                  "the [MASK] function"], cwd=ROOT, env=script_env, capture_output=True, text=True)
         assert predict.returncode == 0 and "[MASK] #1:" in predict.stdout, predict.stderr[-2000:]
         export = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_hf.py"), str(run_dir),
-                                 str(tmp_path / "hf")], cwd=ROOT, env=env, capture_output=True, text=True)
+                                 str(tmp_path / "hf")], cwd=ROOT, env=script_env, capture_output=True, text=True)
         assert export.returncode == 0 and (tmp_path / "hf" / "model.safetensors").exists(), export.stderr[-2000:]
     (tmp_path / "busy").mkdir()
     with DirectoryLock(tmp_path / "busy"):     # another writer is exporting into it
         export = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_hf.py"), str(run_dir),
-                                 str(tmp_path / "busy")], cwd=ROOT, env=env, capture_output=True, text=True)
+                                 str(tmp_path / "busy")], cwd=ROOT, env=script_env, capture_output=True, text=True)
     assert export.returncode == 2, export.stderr[-2000:]
     assert (f"error: export directory {tmp_path / 'busy'} is in use by another process (pid {os.getpid()})"
             in export.stderr)

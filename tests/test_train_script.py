@@ -2,49 +2,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
-from conftest import ALL_BACKENDS, ROOT, backend_or_skip
+from support import (ALL_BACKENDS, ROOT, TINY_RUN, assert_tree_close, backend_or_skip, finish, latest_tensors,
+                     records, run_script, start)
 
-TINY = ["--config", "tiny", "--vocab-size", "1000", "--seq-len", "32", "--batch-size", "8", "--no-progress",
-        "--eval-batches", "2"]
-
-
-@pytest.fixture(scope="session")
-def script_env(tmp_path_factory):
-    """Scripts share one tokenizer cache (trained once per test session) and see no backend override."""
-    env = dict(os.environ, MINIBERT_CACHE=str(tmp_path_factory.mktemp("cache")), PYTHONUNBUFFERED="1")
-    env.pop("MINIBERT_BACKEND", None)
-    return env
-
-
-def run_script(env, script, *args, timeout=600):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    return result
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def final_params(run_dir):
-    name = (run_dir / "latest").read_text().strip()
-    return {k: v for k, v in load_file(str(run_dir / name)).items()}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
 def numpy_run(script_env, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "numpy"
-    result = run_script(script_env, "train.py", *TINY, "--steps", "6", "--eval-every", "3", "--save-every", "3",
+    result = run_script(script_env, "train.py", *TINY_RUN, "--steps", "6", "--eval-every", "3", "--save-every", "3",
                         "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -56,16 +29,14 @@ def test_run_directory_holds_everything(numpy_run):
     assert "ckpt-00000006.safetensors" in names and "ckpt-00000006.json" in names
     config = json.loads((numpy_run / "config.json").read_text())
     assert config["model"]["num_layers"] == 2 and config["training"]["steps"] == 6
-    records = metrics(numpy_run)
-    train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_loss" in r]
+    train, evals = records(numpy_run), records(numpy_run, "eval_loss")
     assert [r["step"] for r in train] == list(range(1, 7))
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 and np.isfinite(r["loss"]) for r in train)
     assert [r["step"] for r in evals] == [3, 6]
     for r in evals:
         assert np.isclose(r["eval_perplexity"], np.exp(r["eval_loss"]))
         assert 0 <= r["eval_accuracy"] <= 1 and 0 < r["baseline_accuracy"] < 1
-    tensors = final_params(numpy_run)
+    tensors = latest_tensors(numpy_run)
     assert any(k.startswith("adam_m/") for k in tensors) and "params/embeddings.word" in tensors
     assert (numpy_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -74,18 +45,18 @@ def test_run_directory_holds_everything(numpy_run):
 def test_smoke_run_on_each_backend(script_env, tmp_path, name):
     backend_or_skip(name)
     env = dict(script_env, MINIBERT_BACKEND=name)
-    result = run_script(env, "train.py", *TINY, "--steps", "3", "--eval-every", "3", "--out", tmp_path / "run")
+    result = run_script(env, "train.py", *TINY_RUN, "--steps", "3", "--eval-every", "3", "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["backend"] == name
-    assert all(np.isfinite(r["loss"]) for r in metrics(tmp_path / "run") if "loss" in r)
+    assert all(np.isfinite(r["loss"]) for r in records(tmp_path / "run"))
 
 
 def test_backend_flag_overrides_environment(script_env, tmp_path):
     env = dict(script_env, MINIBERT_BACKEND="no-such-backend")
-    result = run_script(env, "train.py", *TINY, "--steps", "2", "--backend", "numpy", "--out", tmp_path / "run")
+    result = run_script(env, "train.py", *TINY_RUN, "--steps", "2", "--backend", "numpy", "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_script(env, "train.py", *TINY, "--steps", "2", "--out", tmp_path / "other")
+    result = run_script(env, "train.py", *TINY_RUN, "--steps", "2", "--out", tmp_path / "other")
     assert result.returncode == 2 and "unknown backend 'no-such-backend'" in result.stderr
 
 
@@ -94,7 +65,7 @@ def test_evaluate_prints_model_beside_baseline(script_env, numpy_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "masked-token accuracy" in result.stdout and "most-frequent token" in result.stdout
     reported = json.loads((tmp_path / "m.json").read_text())
-    final_eval = [r for r in metrics(numpy_run) if "eval_loss" in r][-1]
+    final_eval = records(numpy_run, "eval_loss")[-1]
     assert reported["eval_loss"] == pytest.approx(final_eval["eval_loss"], rel=1e-6)
 
 
@@ -110,32 +81,24 @@ def test_predict_fills_the_mask(script_env, numpy_run):
 
 
 def test_sigint_then_resume_is_bit_identical_to_an_uninterrupted_run(script_env, tmp_path):
-    args = [*TINY, "--steps", "14", "--eval-every", "1", "--save-every", "100", "--dropout", "0.1"]
+    args = [*TINY_RUN, "--steps", "14", "--eval-every", "1", "--save-every", "100", "--dropout", "0.1"]
     straight = tmp_path / "straight"
     assert run_script(script_env, "train.py", *args, "--out", straight).returncode == 0
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *args, "--out", str(interrupted)],
-                            cwd=ROOT, env=script_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        path = interrupted / "metrics.jsonl"
-        if path.exists() and any('"step": 4,' in line for line in path.read_text().splitlines()):
-            proc.send_signal(signal.SIGINT)
-            break
+    proc = start(script_env, ROOT / "scripts" / "train.py", *args, "--out", interrupted)
+    while proc.poll() is None and not any(r["step"] >= 4 for r in records(interrupted)):   # however long it takes
         time.sleep(0.02)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, err[-3000:]
     assert "Resume with: python scripts/train.py --resume" in out + err
     stopped_at = int(json.loads((interrupted / (interrupted / "latest").read_text().strip()).with_suffix(".json")
                                 .read_text())["step"])
     assert 4 <= stopped_at < 14
     resumed = run_script(script_env, "train.py", "--resume", interrupted, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = final_params(straight), final_params(interrupted)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert np.array_equal(a[k], b[k]), k
-    losses = lambda d: [(r["step"], r["loss"]) for r in metrics(d) if "loss" in r]  # noqa: E731
+    assert_tree_close(latest_tensors(interrupted), latest_tensors(straight), rtol=0, atol=0)
+    losses = lambda d: [(r["step"], r["loss"]) for r in records(d)]  # noqa: E731
     assert losses(straight) == losses(interrupted)
 
 
@@ -150,11 +113,10 @@ def test_init_from_a_transformers_directory_starts_from_its_weights(script_env, 
     result = run_script(script_env, "export_hf.py", numpy_run, exported)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "from-hf"
-    result = run_script(script_env, "train.py", *TINY, "--steps", "1", "--lr", "1e-9", "--init-from", exported,
+    result = run_script(script_env, "train.py", *TINY_RUN, "--steps", "1", "--lr", "1e-9", "--init-from", exported,
                         "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "config.json").read_text())["model"] == \
         json.loads((numpy_run / "config.json").read_text())["model"]
-    before, after = final_params(numpy_run), final_params(out)
-    for name in (k for k in before if k.startswith("params/")):
-        np.testing.assert_allclose(after[name], before[name], atol=1e-6, err_msg=name)
+    params = lambda d: {k: v for k, v in latest_tensors(d).items() if k.startswith("params/")}  # noqa: E731
+    assert_tree_close(params(out), params(numpy_run), rtol=1e-7, atol=1e-6)

@@ -8,15 +8,12 @@ and, where the link names a function, class or constant, at a file that defines 
 from __future__ import annotations
 
 import ast
-import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT, finish, start
 
 WALKTHROUGHS = sorted((ROOT / "walkthroughs").glob("*.py"))
 GUIDE = sorted((ROOT / "docs" / "guide").glob("*.md")) + [ROOT / "walkthroughs" / "README.md"]
@@ -33,27 +30,12 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def walkthrough_env(tmp_path_factory):
-    env = dict(os.environ, MINIBERT_CACHE=str(tmp_path_factory.mktemp("cache")), MPLBACKEND="Agg",
-               PYTHONUNBUFFERED="1")
-    for name in ("MINIBERT_BACKEND", "MINIBERT_RUN_DIR", "MINIBERT_WALKTHROUGH_OUT"):
-        env.pop(name, None)
-    # The walkthrough models are tiny: BLAS threads only add synchronisation, and on a busy machine they made the
-    # fill-mask run ~4x slower (11 s instead of 2.4 s on 2 shared cores). An explicit setting still wins.
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(name, "1")
-    return env
-
-
 def run_walkthrough(path, env, out, *args):
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(path), *map(str, args)], cwd=ROOT,
-                            env=dict(env, MINIBERT_WALKTHROUGH_OUT=str(out)), capture_output=True, text=True,
-                            timeout=300)
-    print(f"{path.name}: {time.perf_counter() - start:.1f} s")
-    assert result.returncode == 0, f"{path.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    started = time.perf_counter()
+    code, stdout, stderr = finish(start(dict(env, MINIBERT_WALKTHROUGH_OUT=str(out)), path, *args))
+    print(f"{path.name}: {time.perf_counter() - started:.1f} s")
+    assert code == 0, f"{path.name} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    return stdout
 
 
 def test_every_walkthrough_is_listed_and_in_percent_format():
@@ -65,11 +47,13 @@ def test_every_walkthrough_is_listed_and_in_percent_format():
         cells = re.findall(r"^# %%( \[markdown\])?$", text, flags=re.M)
         assert "" in cells and " [markdown]" in cells, f"{path.name}: needs code and markdown cells"
         assert len(text.splitlines()) <= 160, f"{path.name}: keep a walkthrough short"
+        assert "sys.path" not in text, f"{path.name}: import the installed package; do not edit sys.path"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.stem)
-def test_walkthrough_runs_and_leaves_its_outputs(path, walkthrough_env, tmp_path):
-    stdout = run_walkthrough(path, walkthrough_env, tmp_path)
+def test_walkthrough_runs_and_leaves_its_outputs(path, script_env, tmp_path):
+    stdout = run_walkthrough(path, script_env, tmp_path)
     files, line = EXPECTED[path.name]
     assert line in stdout, f"{path.name} did not print {line!r}:\n{stdout[-2000:]}"
     for name in files:
@@ -78,7 +62,7 @@ def test_walkthrough_runs_and_leaves_its_outputs(path, walkthrough_env, tmp_path
             assert (tmp_path / name).read_bytes()[:8] == PNG
     assert not any(p.name in ("attention.png", "fill-mask-run") for p in ROOT.iterdir()), "wrote into the repo"
     if path.name == "05_fill_mask.py":   # the other branch: an existing run given as an argument
-        again = run_walkthrough(path, walkthrough_env, tmp_path / "second", tmp_path / "fill-mask-run")
+        again = run_walkthrough(path, script_env, tmp_path / "second", tmp_path / "fill-mask-run")
         assert "using the run in" in again and line in again
         assert not (tmp_path / "second" / "fill-mask-run").exists()
 

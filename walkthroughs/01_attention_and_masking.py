@@ -12,21 +12,14 @@
 # %%
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-try:
-    ROOT = Path(__file__).resolve().parents[1]
-except NameError:                      # in Jupyter the working directory is walkthroughs/
-    ROOT = Path.cwd().parent
-sys.path.insert(0, str(ROOT))
-
-import backends                                                      # noqa: E402
-from minibert import ops                                             # noqa: E402
-from minibert.attention import attention_forward, mask_bias          # noqa: E402
+import backends
+from minibert import ops
+from minibert.attention import attention_forward, mask_bias
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 OUT.mkdir(parents=True, exist_ok=True)

@@ -7,19 +7,10 @@
 # Guide: [docs/guide/03-layernorm.md](../docs/guide/03-layernorm.md). Runs on NumPy (float64 everywhere).
 
 # %%
-import sys
-from pathlib import Path
-
 import numpy as np
 
-try:
-    ROOT = Path(__file__).resolve().parents[1]
-except NameError:                      # in Jupyter the working directory is walkthroughs/
-    ROOT = Path.cwd().parent
-sys.path.insert(0, str(ROOT))
-
-import backends                                                      # noqa: E402
-from minibert import ops                                             # noqa: E402
+import backends
+from minibert import ops
 
 be = backends.get_backend("numpy")     # NumPy arrays are the backend's arrays: no conversion needed here
 rng = np.random.default_rng(0)

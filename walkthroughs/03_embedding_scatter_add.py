@@ -9,20 +9,12 @@
 # [docs/guide/10-backends-and-the-array-api.md](../docs/guide/10-backends-and-the-array-api.md).
 
 # %%
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-try:
-    ROOT = Path(__file__).resolve().parents[1]
-except NameError:                      # in Jupyter the working directory is walkthroughs/
-    ROOT = Path.cwd().parent
-sys.path.insert(0, str(ROOT))
-
-import backends                                                      # noqa: E402
-from minibert import ops                                             # noqa: E402
+import backends
+from minibert import ops
 
 # %% [markdown]
 # Six token positions, vocabulary of 5, width 4. Id 3 appears three times and id 1 twice; ids 2 and 4 never.

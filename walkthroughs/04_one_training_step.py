@@ -10,26 +10,18 @@
 
 # %%
 import inspect
-import sys
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
-try:
-    ROOT = Path(__file__).resolve().parents[1]
-except NameError:                      # in Jupyter the working directory is walkthroughs/
-    ROOT = Path.cwd().parent
-sys.path.insert(0, str(ROOT))
-
-import backends                                                      # noqa: E402
-import minibert.attention                                            # noqa: E402
-import minibert.model                                                # noqa: E402
-from minibert import BertConfig, forward_backward, init_params, loss, ops   # noqa: E402
-from minibert.batch import check_batch, device_batch                 # noqa: E402
-from minibert.optim import AdamWConfig, adamw_update, init_state, learning_rate   # noqa: E402
-from minibert.params import is_no_decay                              # noqa: E402
-from minibert.step import make_train_step                            # noqa: E402
+import backends
+import minibert.attention
+import minibert.model
+from minibert import BertConfig, forward_backward, init_params, loss, ops
+from minibert.batch import check_batch, device_batch
+from minibert.optim import AdamWConfig, adamw_update, init_state, learning_rate
+from minibert.params import is_no_decay
+from minibert.step import make_train_step
 
 be = backends.get_backend()
 config = BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position=12)

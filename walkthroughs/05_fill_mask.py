@@ -19,16 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    ROOT = Path(__file__).resolve().parents[1]
-except NameError:                      # in Jupyter the working directory is walkthroughs/
-    ROOT = Path.cwd().parent
-sys.path.insert(0, str(ROOT))
-
-from minibert import init_params, mlm_logits                         # noqa: E402
-from minibert.inference import fill_mask, load_run                   # noqa: E402
-from minibert.pretrain import train                                  # noqa: E402
-from minibert.settings import TrainSettings                          # noqa: E402
+from minibert import init_params, mlm_logits
+from minibert.inference import fill_mask, load_run
+from minibert.pretrain import train
+from minibert.settings import TrainSettings
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 given = os.environ.get("MINIBERT_RUN_DIR") or next((a for a in sys.argv[1:] if Path(a, "config.json").exists()), None)
