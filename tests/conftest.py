@@ -12,6 +12,18 @@ import backends
 ROOT = Path(__file__).resolve().parents[1]
 ALL_BACKENDS = ("numpy", "jax", "strict", "torch", "cupy")
 X64_CHILD_ENV = "MINIBERT_TEST_X64_CHILD"
+TEST_BACKENDS_ENV = "MINIBERT_TEST_BACKENDS"
+
+
+def selected(names):
+    """`names` narrowed to the comma-separated list in $MINIBERT_TEST_BACKENDS (e.g. "cupy,jax" on a GPU
+    machine), when it is set; every backend otherwise."""
+    wanted = [n.strip() for n in os.environ.get(TEST_BACKENDS_ENV, "").split(",") if n.strip()]
+    unknown = sorted(set(wanted) - set(ALL_BACKENDS))
+    if unknown:
+        raise pytest.UsageError(f"{TEST_BACKENDS_ENV}: unknown backend(s) {', '.join(unknown)}; "
+                                f"allowed: {', '.join(ALL_BACKENDS)}")
+    return tuple(n for n in names if n in wanted) if wanted else tuple(names)
 
 
 def backend_or_skip(name: str):
@@ -21,16 +33,16 @@ def backend_or_skip(name: str):
         pytest.skip(f"backend {name!r} unavailable here: {exc}")
 
 
-@pytest.fixture(params=ALL_BACKENDS)
+@pytest.fixture(params=selected(ALL_BACKENDS))
 def backend(request):
     """Each registered backend that is usable here (CuPy skips without a CUDA GPU)."""
     return backend_or_skip(request.param)
 
 
-FLOAT64_BACKENDS = ("numpy", "strict", "torch") + (("jax",) if os.environ.get(X64_CHILD_ENV) else ())
+FLOAT64_BACKENDS = ("numpy", "strict", "torch", "cupy") + (("jax",) if os.environ.get(X64_CHILD_ENV) else ())
 
 
-@pytest.fixture(params=FLOAT64_BACKENDS)
+@pytest.fixture(params=selected(FLOAT64_BACKENDS))
 def float64_backend(request):
     """Backends for float64 checks. JAX needs its sticky global x64 flag, so its float64 checks run in a
     child pytest process with JAX_ENABLE_X64=1 (tests/test_jax_x64.py); this process's flag is never set."""
