@@ -20,6 +20,7 @@ class Backend:
       static_shapes: True where a compiled function is retraced for every new input shape (JAX), so batches
                pad the MLM head's rows to a few bucket sizes; elsewhere they keep the exact count.
       supports_float64: whether float64 arrays can be made here.
+      on_gpu: whether arrays live on a GPU (so timings need `synchronize` and memory is the device's).
 
     Random numbers are functional: `key(seed)` makes a key, `fold_in(key, n)` derives an independent one,
     `uniform(key, shape, dtype)` draws from [0, 1). The same keys work inside `jit`.
@@ -31,6 +32,7 @@ class Backend:
     inplace: bool = True
     static_shapes: bool = False
     supports_float64: bool = True
+    on_gpu: bool = False
 
     # -- host <-> device ----------------------------------------------------------------------
     def asarray(self, host_array, dtype=None):
@@ -100,5 +102,48 @@ class Backend:
     def synchronize(self, x=None) -> None:
         """Wait for queued device work (and for `x`, where given) before reading a clock."""
 
+    # -- what reports and benchmarks ask about -----------------------------------------------------------------
+    def describe(self) -> dict:
+        """Library versions and the device, as JSON-ready values (benchmark reports record them)."""
+        return {"backend": self.name, "device": str(self.device)}
+
+    def set_matmul_precision(self, allow_tf32: bool) -> None:
+        """float32 matmuls on NVIDIA GPUs: TF32 (10-bit mantissa, faster) when `allow_tf32`, else full float32
+        (the default of every GPU backend here). Nothing to choose on a CPU."""
+
+    def track_peak_memory(self) -> "PeakMemory":
+        """A context manager measuring the peak device bytes in use while it is open (see PeakMemory)."""
+        return PeakMemory()
+
     def __repr__(self) -> str:
         return f"<Backend {self.name} device={self.device}>"
+
+
+class PeakMemory:
+    """Peak bytes held by live device arrays between `__enter__` and `__exit__`, measured the same way on every
+    GPU library: bytes handed out by its allocator and not yet freed, never the allocator's cached free blocks.
+    After the block, `peak_bytes` is that peak (None on host backends, which have no device memory of their own)
+    and `method` says how it was read. Subclasses override `start` and `stop`.
+
+        with backend.track_peak_memory() as peak:
+            ...                                    # build a model, run steps
+        peak.peak_bytes
+    """
+    method: str = "none: host memory (see the process's RSS instead)"
+
+    def __init__(self):
+        self.peak_bytes: int | None = None
+
+    def start(self) -> None:
+        """Begin measuring (reset the library's peak counter where it has one)."""
+
+    def stop(self) -> int | None:
+        """End measuring; return the peak bytes in use since `start`."""
+        return None
+
+    def __enter__(self) -> "PeakMemory":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.peak_bytes = self.stop()

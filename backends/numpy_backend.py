@@ -44,6 +44,15 @@ class NumpyBackend(Backend):
     def uniform(self, key, shape, dtype):
         return np.random.default_rng(np.random.SeedSequence(key)).random(shape, dtype=self.dtype(dtype))
 
+    def describe(self) -> dict:
+        out = {**super().describe(), "numpy": np.__version__}
+        try:
+            blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+            out["blas"] = f"{blas.get('name')} {blas.get('version')}"
+        except Exception:  # older numpy: no dict mode
+            pass
+        return out
+
 
 MALLOC_MMAP_THRESHOLD = 32 << 20     # glibc mallopt parameters (malloc.h): M_MMAP_THRESHOLD = -3,
 MALLOC_TRIM_THRESHOLD = 1 << 30      # M_TRIM_THRESHOLD = -1

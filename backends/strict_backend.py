@@ -20,6 +20,9 @@ class StrictBackend(Backend):
         self.xp = xp
         self.device = xp.Device("CPU_DEVICE")
 
+    def describe(self) -> dict:
+        return {**super().describe(), "array_api_strict": self.xp.__version__}
+
     def to_numpy(self, x):
         return np.from_dlpack(x)
 

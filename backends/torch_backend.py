@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.base import Backend, BackendUnavailableError
+from backends.base import Backend, BackendUnavailableError, PeakMemory
 
 
 class TorchBackend(Backend):
@@ -17,6 +17,7 @@ class TorchBackend(Backend):
         self._torch = torch
         self.xp = xp
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.on_gpu = self.device.type == "cuda"
 
     def asarray(self, host_array, dtype=None):
         dtype = None if dtype is None else self.dtype(dtype)
@@ -43,8 +44,47 @@ class TorchBackend(Backend):
         return self._torch.rand(shape, generator=generator, dtype=self.dtype(dtype), device=self.device)
 
     def synchronize(self, x=None) -> None:
-        if self.device.type == "cuda":
+        if self.on_gpu:
             self._torch.cuda.synchronize()
+
+    def describe(self) -> dict:
+        return {**super().describe(), **torch_description(self._torch)}
+
+    def set_matmul_precision(self, allow_tf32: bool) -> None:
+        if self.on_gpu:
+            self._torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+            self._torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
+
+    def track_peak_memory(self) -> PeakMemory:
+        return TorchPeakMemory(self._torch) if self.on_gpu else PeakMemory()
+
+
+def torch_description(torch) -> dict:
+    """torch's version, CPU threads and BLAS, and its CUDA device where it has one (also used for the PyTorch
+    reference of scripts/benchmark.py, which runs transformers' BERT on torch directly)."""
+    import re
+    blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "torch_blas": blas.group(1) if blas else None}
+    if torch.cuda.is_available():
+        out.update(cuda_device=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                   allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return out
+
+
+class TorchPeakMemory(PeakMemory):
+    """torch's CUDA caching allocator: bytes allocated to live tensors, peak since the reset at the start."""
+    method = "torch.cuda.max_memory_allocated (reset by reset_peak_memory_stats at the start)"
+
+    def __init__(self, torch):
+        super().__init__()
+        self._torch = torch
+
+    def start(self) -> None:
+        self._torch.cuda.reset_peak_memory_stats()
+
+    def stop(self) -> int:
+        return int(self._torch.cuda.max_memory_allocated())
 
 
 def create() -> Backend:

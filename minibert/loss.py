@@ -6,6 +6,18 @@ from typing import Any, NamedTuple
 from array_api_compat import array_namespace
 
 
+def flat_index_dtype(xp, size: int):
+    """The integer dtype for flat indices into an array of `size` elements: the namespace's default indexing
+    dtype (array API inspection: int64 on NumPy, CuPy, torch, array-api-strict and JAX with x64), which cannot
+    wrap for any array that fits in memory. JAX without x64 has only int32; there an index that would wrap
+    (`size` > 2^31 - 1) is refused rather than silently wrapped."""
+    dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
+    if size - 1 > xp.iinfo(dtype).max:
+        raise ValueError(f"{size} elements need 64-bit flat indices, but this namespace indexes with {dtype} "
+                         "(JAX without x64): use fewer labelled rows per micro-batch, or set JAX_ENABLE_X64=1")
+    return dtype
+
+
 class CrossEntropyCache(NamedTuple):
     probs: Any          # softmax(z) [N, V]
     flat_target: Any    # n * V + y_n [N], the targets' indices in the flattened logits
@@ -26,7 +38,8 @@ def cross_entropy_forward(logits, labels, weights, backend):
     exp_shifted = xp.exp(logits - row_max)
     sum_exp = xp.sum(exp_shifted, axis=-1, keepdims=True)
     log_z = xp.log(sum_exp) + row_max                                     # [N, 1]
-    flat_target = xp.arange(num_rows, dtype=labels.dtype) * vocab + labels
+    index = flat_index_dtype(xp, num_rows * vocab)                      # labelled rows x V can pass 2^31
+    flat_target = xp.arange(num_rows, dtype=index) * vocab + xp.astype(labels, index)
     target_logit = xp.take(xp.reshape(logits, (-1,)), flat_target)      # [N, V] -> [N*V]; z_n[y_n], [N]
     norm_weights = weights / xp.sum(weights)
     loss = xp.sum(norm_weights * (log_z[:, 0] - target_logit))

@@ -1,175 +1,271 @@
 #!/usr/bin/env bash
-# GPU check for Mini-BERT, for a machine with an NVIDIA GPU, CuPy and JAX (no network needed):
-#   1. which pieces work here (nvidia-smi, CuPy, JAX on the GPU, torch with CUDA, pytest);
-#   2. the test suite on the GPU backends: pytest -k "cupy or jax" (tests are parametrized over backends in
-#      tests/conftest.py; JAX picks the GPU as its default device, CuPy always runs there);
-#   3. scripts/benchmark.py --gpu: cupy and jax against PyTorch CUDA (BertForMaskedLM) on presets mini and small.
-# Whatever is missing is skipped with a message saying what and why; the rest still runs.
-# Total time stays under 6 minutes (GPU_CHECK_BUDGET seconds, default 340): each part runs under `timeout`.
-# Logs and JSON go to $OUT when set (else a fresh /tmp folder, printed at the start).
+# The GPU check: one prepared run on a machine with an NVIDIA GPU and no network (the lent H200: Python 3.12 at
+# python3 with numpy, jax (CUDA 13), cupy-cuda13x, torch (cu130), transformers, tokenizers, safetensors, tqdm,
+# matplotlib, pytest; no array-api-compat, no array-api-strict).
 #
-#   bash scripts/gpu_check.sh                 # PYTHON=/path/to/python to choose the interpreter
+#   bash scripts/prepare_wheels.sh               # once, where pip reaches an index: the missing wheels into .whl/
+#   bash scripts/gpu_check.sh OUTDIR             # on the GPU machine (OUTDIR defaults to $OUT when that is set)
+#   bash scripts/gpu_check.sh --cpu OUTDIR       # the rehearsal, on a machine without a GPU
+#
+# Steps, each under `timeout`, the whole under GPU_CHECK_BUDGET seconds (default 340, under 6 minutes):
+#   1. install: array-api-compat from the wheels only (pip --no-index --find-links .whl), then the project
+#      (pip install --no-deps --no-build-isolation -e .): the machine's CUDA builds of jax, cupy and torch are
+#      checked unchanged afterwards; the whole suite must then collect with array-api-strict still missing (its
+#      tests skip with the reason), and array-api-strict is installed from the wheels too;
+#   2. probe: what works here (nvidia-smi, CuPy, JAX on the GPU, torch with CUDA);
+#   3. tests: pytest -k "cupy or jax" with MINIBERT_TEST_BACKENDS=cupy,jax (tests/conftest.py);
+#   4. benchmark: scripts/benchmark.py --gpu, cupy and jax against PyTorch CUDA on presets mini, small and base;
+#   5. training: scripts/train.py with MINIBERT_BACKEND=cupy and =jax, 300 steps of the default run, side by side.
+# A step that cannot run (CuPy missing, JAX without a GPU) is reported as skipped with the reason; the rest runs.
+# OUTDIR receives at most 6 files (the device tool brings back 8): gpu_check.log (everything printed),
+# pytest.log, benchmark.txt, benchmark.json, train-<backend>.jsonl (each run's metrics.jsonl).
+#
+# --cpu rehearses the same script where there is no GPU: a fresh virtual environment holding the packages of the
+# Python given by $PYTHON (default python3) except array-api-compat, array-api-strict and this project, which is
+# checked before anything is installed; then the same steps with JAX on the CPU, CuPy reported as skipped, a few
+# test files, a tiny benchmark and a few training steps (about 2 minutes on 2 cores).
+# Exit status: 0 when every step that could run passed, 1 when one failed or was cut short, 2 when set-up failed.
 set -u -o pipefail
 
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+MODE=gpu
+OUTDIR=${OUT:-}
+while [ $# -gt 0 ]; do
+    case $1 in
+        --cpu) MODE=cpu ;;
+        -h|--help) usage; exit 0 ;;
+        -*) echo "gpu_check: unknown option $1 (allowed: --cpu, --help)" >&2; exit 2 ;;
+        *) OUTDIR=$1 ;;
+    esac
+    shift
+done
+if [ -z "$OUTDIR" ]; then
+    echo "gpu_check: give the output folder: bash scripts/gpu_check.sh [--cpu] OUTDIR" >&2
+    exit 2
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$(pwd)
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd) || { echo "gpu_check: cannot create $OUTDIR" >&2; exit 2; }
+WHEELS=${MINIBERT_WHEELS:-$ROOT/.whl}
+HOST_PY=${PYTHON:-python3}
 START=$SECONDS
 BUDGET=${GPU_CHECK_BUDGET:-340}
-if [ -n "${OUT:-}" ]; then
-    LOGDIR=$OUT
-else
-    LOGDIR=$(mktemp -d /tmp/minibert-gpu-check.XXXXXX)
-fi
-mkdir -p "$LOGDIR" || { echo "gpu_check: cannot create log folder $LOGDIR"; exit 2; }
-exec > >(tee -a "$LOGDIR/gpu_check.log") 2>&1
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/minibert-gpu-check.XXXXXX") || exit 2
+trap 'rm -rf "$WORK"' EXIT
+: > "$OUTDIR/gpu_check.log"
+exec > >(tee -a "$OUTDIR/gpu_check.log") 2>&1
 
 note() { echo "[gpu_check $((SECONDS - START))s] $*"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
+fatal() { note "FATAL: $*"; exit 2; }
 
-if [ -n "${PYTHON:-}" ]; then
-    PY=$PYTHON
-elif [ -x "$ROOT/.venv/bin/python" ] && "$ROOT/.venv/bin/python" -c "" 2>/dev/null; then
-    PY="$ROOT/.venv/bin/python"
-else
-    PY=$(command -v python3 || command -v python || true)
-fi
-if [ -z "$PY" ]; then
-    note "FATAL: no python found (set PYTHON=/path/to/python)"
-    exit 2
-fi
+# Nothing from the caller's environment may decide what is imported or where JAX runs.
+unset PYTHONPATH MINIBERT_BACKEND MINIBERT_TEST_BACKENDS JAX_PLATFORMS JAX_ENABLE_X64
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PIP_DISABLE_PIP_VERSION_CHECK=1
 # JAX would otherwise reserve 75% of the GPU at start and starve CuPy and torch in the same or other processes.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-unset MINIBERT_BACKEND JAX_PLATFORMS
-note "logs in $LOGDIR; python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])' 2>&1))"
-
-# --- 1. what works here ---------------------------------------------------------------------------------------
-if command -v nvidia-smi >/dev/null 2>&1; then
-    timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,utilization.gpu --format=csv \
-        | tee "$LOGDIR/nvidia-smi.txt" || note "nvidia-smi failed (driver problem?)"
-else
-    note "nvidia-smi not found: no NVIDIA driver tools on PATH (continuing; the libraries below decide)"
+if [ "$MODE" = cpu ]; then
+    export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
 fi
+note "mode $MODE; output in $OUTDIR; wheels from $WHEELS; budget ${BUDGET}s"
 
-PROBE=$(timeout 90 "$PY" - <<'EOF' 2>"$LOGDIR/probe.err"
+# --- 0. the Python to check with -------------------------------------------------------------------------------
+if [ "$MODE" = cpu ]; then
+    # A fresh venv that sees the host Python's packages through a folder of links to them, minus the packages the
+    # GPU image lacks (array-api-compat, array-api-strict) and this project (an editable install, say).
+    "$HOST_PY" -m venv --without-pip "$WORK/venv" || fatal "python -m venv failed for $HOST_PY"
+    PY=$WORK/venv/bin/python
+    "$HOST_PY" - "$WORK/host-site" "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" <<'EOF' \
+        || fatal "could not build the rehearsal environment"
+import os, re, sys, sysconfig
+dest, venv_site = sys.argv[1], sys.argv[2]
+hidden = re.compile(r"^(array_api_compat|array_api_strict|minibert|backends|bench|__editable__\w*minibert)([-_.].*)?$",
+                    re.IGNORECASE)
+os.makedirs(dest)
+shown, left_out = 0, []
+for site in dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]):
+    for entry in sorted(os.listdir(site)):
+        if hidden.match(entry) or entry.endswith(".pth") or entry == "__pycache__":
+            left_out.append(entry)
+        elif not os.path.lexists(os.path.join(dest, entry)):
+            os.symlink(os.path.join(site, entry), os.path.join(dest, entry))
+            shown += 1
+with open(os.path.join(venv_site, "rehearsal-host-site.pth"), "w") as f:
+    f.write(dest + "\n")
+print(f"rehearsal venv: {shown} entries of {sys.executable}'s site-packages linked; left out: {', '.join(left_out)}")
+EOF
+    for module in array_api_compat array_api_strict minibert; do
+        if (cd / && "$PY" -c "import $module" >/dev/null 2>&1); then
+            fatal "$module is importable in the rehearsal venv before anything is installed: it would not prove the install"
+        fi
+    done
+    note "proved absent before the install, as on the GPU image: array_api_compat, array_api_strict, minibert"
+else
+    PY=$HOST_PY
+fi
+note "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])' 2>&1))"
+
+# --- 1. install ------------------------------------------------------------------------------------------------
+ls "$WHEELS"/array_api_compat-*.whl "$WHEELS"/array_api_strict-*.whl >/dev/null 2>&1 \
+    || fatal "no array-api-compat/array-api-strict wheels in $WHEELS: run 'bash scripts/prepare_wheels.sh' where pip reaches an index, and carry .whl"
+pip_install() { timeout 120 "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" --no-cache-dir "$@"; }
+cuda_builds() { "$PY" -m pip list --format=freeze 2>/dev/null | grep -iE '^(numpy|jax|jaxlib|jax-cuda[0-9a-z-]*|cupy[0-9a-z-]*|torch)==' | sort; }
+BEFORE=$(cuda_builds)
+pip_install array-api-compat || fatal "pip could not install array-api-compat from $WHEELS"
+if ! "$PY" -c "import setuptools" 2>/dev/null; then
+    note "setuptools missing: installing it from the wheels (it builds the editable install)"
+    pip_install setuptools || fatal "pip could not install setuptools from $WHEELS"
+fi
+pip_install --no-deps --no-build-isolation -e "$ROOT" || fatal "pip install --no-deps -e . failed"
+AFTER=$(cuda_builds)
+if [ "$BEFORE" != "$AFTER" ]; then
+    fatal "the install changed the machine's array libraries: before [$BEFORE] after [$AFTER]"
+fi
+note "installed array-api-compat and the project; unchanged: $(echo "$AFTER" | tr '\n' ' ')"
+COLLECT=$(cd "$ROOT" && timeout 120 "$PY" -m pytest tests --collect-only -q -p no:cacheprovider 2>&1)
+RC=$?
+echo "$COLLECT" | tail -n 3
+[ $RC -eq 0 ] || { echo "$COLLECT" | tail -n 30; fatal "the suite does not collect without array-api-strict (exit $RC)"; }
+STRICT=$(cd "$ROOT" && MINIBERT_TEST_BACKENDS=strict timeout 120 "$PY" -m pytest tests/test_backends.py -q -rs \
+         -p no:cacheprovider -k strict 2>&1)
+echo "$STRICT" | grep -m 2 "SKIPPED" || { echo "$STRICT" | tail -n 20; fatal "strict tests did not skip with a reason"; }
+pip_install array-api-strict || fatal "pip could not install array-api-strict from $WHEELS"
+note "without array-api-strict the suite collected and its tests skipped with the reason; now installed from the wheels"
+
+# --- 2. probe --------------------------------------------------------------------------------------------------
+if command -v nvidia-smi >/dev/null 2>&1; then
+    timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv \
+        || note "nvidia-smi failed (driver problem?)"
+else
+    note "nvidia-smi not found: no NVIDIA driver tools on PATH"
+fi
+PROBE=$(cd "$ROOT" && timeout 120 "$PY" - <<'EOF'
 def line(name, fn):
     try:
         print(f"{name}=ok {fn()}")
     except Exception as exc:  # report, never fail the probe
         print(f"{name}=missing {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
-def cupy_probe():
-    import cupy
-    n = cupy.cuda.runtime.getDeviceCount()
-    float(cupy.arange(4, dtype=cupy.float32).sum())
-    return f"cupy {cupy.__version__}, {n} device(s), CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
-
-def jax_probe():
-    import jax
-    devices = jax.devices()
-    if devices[0].platform == "cpu":
-        raise RuntimeError(f"jax {jax.__version__} sees only the CPU (install jax[cuda12] for the GPU)")
-    float(jax.numpy.arange(4.0).sum())
-    return f"jax {jax.__version__} on {devices[0].device_kind} ({len(devices)} device(s))"
+def backend(name):
+    import backends
+    be = backends.get_backend(name)
+    if not be.on_gpu:
+        import os
+        if os.environ.get("JAX_PLATFORMS") != "cpu":
+            from backends.jax_backend import INSTALL_HINT
+            raise RuntimeError(f"{name} runs on {be.device}, no GPU (for JAX on NVIDIA GPUs: {INSTALL_HINT})")
+    return ", ".join(f"{k} {v}" for k, v in be.describe().items())
 
 def torch_probe():
-    import torch
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"torch {torch.__version__} has no CUDA here (CPU build or no visible GPU)")
-    import transformers
-    return (f"torch {torch.__version__} CUDA {torch.version.cuda} on {torch.cuda.get_device_name()}, "
-            f"transformers {transformers.__version__}")
+    import torch, transformers
+    cuda = f"CUDA {torch.version.cuda} on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU only"
+    return f"torch {torch.__version__} {cuda}, transformers {transformers.__version__}"
 
-def pytest_probe():
-    import pytest
-    return f"pytest {pytest.__version__}"
-
-def minibert_probe():
-    import array_api_compat, minibert, backends  # noqa: F401
-    return "importable"
-
-for name, fn in (("minibert", minibert_probe), ("pytest", pytest_probe), ("cupy", cupy_probe),
-                 ("jax", jax_probe), ("torch", torch_probe)):
-    line(name, fn)
+line("cupy", lambda: backend("cupy"))
+line("jax", lambda: backend("jax"))
+line("torch", torch_probe)
 EOF
 )
-PROBE_RC=$?
-echo "$PROBE" | tee "$LOGDIR/probe.txt"
-[ $PROBE_RC -eq 0 ] || note "library probe exited with $PROBE_RC (timeout 90 s?); see $LOGDIR/probe.err"
+echo "$PROBE"
 has() { echo "$PROBE" | grep -q "^$1=ok"; }
-
-if ! has minibert; then
-    note "FATAL: the minibert package does not import with $PY (install: pip install -e . ; or set PYTHON)"
-    exit 2
-fi
-GPU_BACKENDS=()
-if has cupy; then GPU_BACKENDS+=(cupy)
-else note "CuPy unusable here, its tests and benchmark skipped: $(echo "$PROBE" | grep '^cupy=')"; fi
-if has jax; then GPU_BACKENDS+=(jax)
-else note "JAX on the GPU unusable here, its tests and benchmark skipped: $(echo "$PROBE" | grep '^jax=')"; fi
-
+BACKENDS=()
+for b in cupy jax; do
+    if has "$b"; then BACKENDS+=("$b")
+    else note "SKIPPED $b: $(echo "$PROBE" | grep "^$b=" | cut -d' ' -f2-)"; fi
+done
 STATUS=0
-# --- 2. tests on the GPU backends -----------------------------------------------------------------------------
-if [ ${#GPU_BACKENDS[@]} -eq 0 ]; then
-    note "no GPU backend works here: tests skipped"
-    STATUS=1
-elif ! has pytest; then
-    note "pytest is not installed for $PY: tests skipped (pip install pytest)"
-    STATUS=1
+[ ${#BACKENDS[@]} -gt 0 ] || { note "no GPU backend works here: nothing to check"; exit 1; }
+LIST=$(IFS=,; echo "${BACKENDS[*]}")
+if [ "$MODE" = gpu ] && ! echo "$PROBE" | grep -q "^torch=ok .*CUDA"; then
+    note "PyTorch has no CUDA here: the benchmark runs without the PyTorch reference"
+    REFS=""
 else
-    K=""
-    for b in "${GPU_BACKENDS[@]}"; do K="${K:+$K or }$b"; done
-    # leave at least 170 s for the benchmark
-    T=$(( $(left) - 170 )); [ $T -gt 200 ] && T=200
-    if [ $T -lt 30 ]; then
-        note "no time left for the tests"
-        STATUS=1
-    else
-        note "tests: pytest -k \"$K\" (limit ${T}s)"
-        timeout -s INT -k 10 "$T" "$PY" -m pytest tests -q -p no:cacheprovider -k "$K" -rs --durations=15 \
-            --junitxml="$LOGDIR/pytest.xml" > "$LOGDIR/pytest.log" 2>&1
-        RC=$?
-        tail -n 40 "$LOGDIR/pytest.log"
-        case $RC in
-            0) note "tests passed" ;;
-            5) note "no test selected by -k \"$K\"" ;;
-            124|130|137) note "tests stopped by the ${T}s limit (partial log: $LOGDIR/pytest.log)"; STATUS=1 ;;
-            *) note "tests FAILED (exit $RC); full log: $LOGDIR/pytest.log"; STATUS=1 ;;
-        esac
-    fi
+    REFS=$([ "$MODE" = gpu ] && echo "eager,sdpa" || echo "eager")
 fi
 
-# --- 3. benchmark against PyTorch CUDA ----------------------------------------------------------------------
-if [ ${#GPU_BACKENDS[@]} -eq 0 ]; then
-    note "benchmark skipped: no GPU backend"
+# --- 3. tests --------------------------------------------------------------------------------------------------
+if [ "$MODE" = gpu ]; then
+    TESTS=(tests)
+    "$PY" -c "import xdist" 2>/dev/null && TESTS+=(-n 4)
 else
-    BACKENDS=$(IFS=,; echo "${GPU_BACKENDS[*]}")
-    if has torch; then
-        REFS="eager,sdpa"
-    else
-        REFS=""
-        note "PyTorch CUDA reference unavailable ($(echo "$PROBE" | grep '^torch=')): benchmarking without ratios"
-    fi
-    T=$(( $(left) - 5 ))
-    if [ $T -lt 40 ]; then
-        note "no time left for the benchmark"
-        STATUS=1
-    else
-        note "benchmark: --gpu --backends $BACKENDS --presets mini small (limit ${T}s)"
-        timeout -s INT -k 15 "$T" "$PY" scripts/benchmark.py --gpu --backends "$BACKENDS" --presets mini small \
-            --reference-variants "$REFS" --repeats 20 --burst 5 --infer-repeats 10 --warmup 3 --timeout 150 \
-            --json "$LOGDIR/benchmark.json" > "$LOGDIR/benchmark.txt" 2> >(tee "$LOGDIR/benchmark.err" >&2)
-        RC=$?
-        cat "$LOGDIR/benchmark.txt"
-        case $RC in
-            0) note "benchmark done: $LOGDIR/benchmark.json" ;;
-            130|124|137) note "benchmark stopped by the ${T}s limit; finished presets are in $LOGDIR/benchmark.json"
-                         tail -n 20 "$LOGDIR/benchmark.err"; STATUS=1 ;;
-            *) note "benchmark exit $RC (a library failed?); stderr tail:"; tail -n 30 "$LOGDIR/benchmark.err"
-               STATUS=1 ;;
-        esac
-    fi
+    TESTS=(tests/test_backends.py tests/test_gpu_path.py)
+fi
+T=$(( $(left) - 200 )); [ $T -gt 110 ] && T=110
+if [ $T -lt 20 ]; then
+    note "no time left for the tests"; STATUS=1
+else
+    note "tests: MINIBERT_TEST_BACKENDS=cupy,jax pytest ${TESTS[*]} -k \"cupy or jax\" (limit ${T}s)"
+    (cd "$ROOT" && MINIBERT_TEST_BACKENDS=cupy,jax timeout -s INT -k 10 "$T" "$PY" -m pytest "${TESTS[@]}" \
+        -k "cupy or jax" -v -rs -p no:cacheprovider --durations=10) > "$OUTDIR/pytest.log" 2>&1
+    RC=$?
+    for b in cupy jax; do
+        echo "  $b: $(grep -cE "\[([^]]*-)?$b(-[^]]*)?\]( |$).*PASSED" "$OUTDIR/pytest.log") passed," \
+             "$(grep -cE "\[([^]]*-)?$b(-[^]]*)?\]( |$).*SKIPPED" "$OUTDIR/pytest.log") skipped," \
+             "$(grep -cE "\[([^]]*-)?$b(-[^]]*)?\]( |$).*(FAILED|ERROR)" "$OUTDIR/pytest.log") failed"
+    done
+    grep -E "^(FAILED|ERROR) " "$OUTDIR/pytest.log" | head -n 20
+    tail -n 1 "$OUTDIR/pytest.log"
+    case $RC in
+        0) note "tests passed" ;;
+        124|130|137) note "tests stopped by the ${T}s limit (see pytest.log)"; STATUS=1 ;;
+        *) note "tests FAILED (exit $RC); see pytest.log"; STATUS=1 ;;
+    esac
 fi
 
-note "done in $((SECONDS - START)) s, status $STATUS; logs: $LOGDIR"
+# --- 4. benchmark ----------------------------------------------------------------------------------------------
+if [ "$MODE" = gpu ]; then
+    BENCH=(--gpu --presets mini small base --repeats 10 --burst 5 --infer-repeats 5 --warmup 2 --max-warmup 4
+           --gemm-repeats 3 --scatter-repeats 3 --pause 0.05 --timeout 120)
+else
+    BENCH=(--presets tiny --batch-size 4 --seq-len 32 --repeats 2 --infer-repeats 1 --warmup 1 --max-warmup 1
+           --gemm-size 128 --gemm-repeats 1 --scatter-repeats 2 --pause 0 --burst-warmup 0 --timeout 120)
+fi
+T=$(( $(left) - 75 ))
+if [ $T -lt 30 ]; then
+    note "no time left for the benchmark"; STATUS=1
+else
+    note "benchmark: ${BENCH[*]} --backends $LIST --reference-variants '$REFS' (limit ${T}s)"
+    (cd "$ROOT" && timeout -s INT -k 15 "$T" "$PY" scripts/benchmark.py "${BENCH[@]}" --backends "$LIST" \
+        --reference-variants "$REFS" --json "$OUTDIR/benchmark.json") > "$OUTDIR/benchmark.txt"
+    RC=$?
+    cat "$OUTDIR/benchmark.txt"
+    case $RC in
+        0) note "benchmark done: benchmark.json" ;;
+        124|130|137) note "benchmark stopped by the ${T}s limit; finished presets are in benchmark.json"; STATUS=1 ;;
+        *) note "benchmark exit $RC (a library failed?)"; STATUS=1 ;;
+    esac
+fi
+
+# --- 5. training -----------------------------------------------------------------------------------------------
+if [ "$MODE" = gpu ]; then
+    TRAIN=(--steps 300 --eval-every 100 --save-every 300)     # the default run's settings, 300 steps
+else
+    TRAIN=(--config tiny --vocab-size 1000 --seq-len 32 --batch-size 8 --steps 6 --eval-every 3 --save-every 6)
+fi
+T=$(( $(left) - 5 ))
+if [ $T -lt 20 ]; then
+    note "no time left for the training runs"; STATUS=1
+else
+    note "training: scripts/train.py ${TRAIN[*]} on ${BACKENDS[*]}, side by side (limit ${T}s)"
+    PIDS=()
+    for b in "${BACKENDS[@]}"; do
+        (cd "$ROOT" && MINIBERT_BACKEND=$b timeout -s INT -k 10 "$T" "$PY" scripts/train.py "${TRAIN[@]}" \
+            --no-progress --out "$WORK/train-$b" > "$WORK/train-$b.log" 2>&1; echo $? > "$WORK/train-$b.rc") &
+        PIDS+=($!)
+    done
+    wait "${PIDS[@]}"       # not a bare `wait`: that would also wait for the `tee` of the log, forever
+    for b in "${BACKENDS[@]}"; do
+        RC=$(cat "$WORK/train-$b.rc")
+        echo "--- train $b (exit $RC) ---"
+        tail -n 15 "$WORK/train-$b.log"
+        cp "$WORK/train-$b/metrics.jsonl" "$OUTDIR/train-$b.jsonl" 2>/dev/null
+        if [ "$RC" = 0 ] && [ -s "$OUTDIR/train-$b.jsonl" ]; then
+            note "training on $b done: train-$b.jsonl"
+        else
+            note "training on $b FAILED or was cut short (exit $RC)"; STATUS=1
+        fi
+    done
+fi
+
+note "done in $((SECONDS - START)) s, status $STATUS; files: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
 exit $STATUS

@@ -57,7 +57,7 @@ def backend(request):
     return backend_or_skip(request.param)
 
 
-FLOAT64_BACKENDS = ("numpy", "strict", "torch") + (("jax",) if os.environ.get(X64_CHILD_ENV) else ())
+FLOAT64_BACKENDS = ("numpy", "strict", "torch", "cupy") + (("jax",) if os.environ.get(X64_CHILD_ENV) else ())
 
 
 @pytest.fixture(params=FLOAT64_BACKENDS)

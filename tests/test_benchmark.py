@@ -1,4 +1,5 @@
-"""scripts/benchmark.py: its FLOP counter by hand, and one tiny run through the real command line."""
+"""The benchmark (the `bench` package behind scripts/benchmark.py): its FLOP counter by hand, and one tiny run
+through the real command line."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,25 +8,20 @@ import math
 
 import pytest
 
+from bench.cli import parse_args
+from bench.flops import (effective_seq_len, inference_flops, labelled_count, make_host_batch, model_config,
+                         train_flops)
+from bench.report import format_report
+from bench.stats import summarize
 from minibert.config import BertConfig
 from support import ROOT, child_env, run_script
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
 
 
 def test_train_flops_by_hand():
     # L=1, H=4, A=2, I=8, V=10; B=1, T=2 (N=2 tokens); 1 labelled row.
     config = BertConfig(vocab_size=10, hidden_size=4, num_layers=1, num_heads=2, intermediate_size=8,
                         max_position=8)
-    flops = bench.train_flops(config, batch=1, seq=2, labelled=1)
+    flops = train_flops(config, batch=1, seq=2, labelled=1)
     # dense per layer: 2*N*(3H*H + H*H + 2*H*I) = 2*2*(48 + 16 + 64) = 512
     assert flops["encoder_dense_fwd"] == 512
     # attention: scores 2*B*T*T*H = 32 and context 32 -> 64 (A heads of D = H/A share the H)
@@ -40,26 +36,26 @@ def test_train_flops_by_hand():
 def test_flops_scale_and_inference():
     config = BertConfig.preset("mini")
     b, t = 32, 128
-    train = bench.train_flops(config, b, t, bench.labelled_count(b, t))
-    assert bench.labelled_count(b, t) == round(0.15 * b * t) == 614
+    train = train_flops(config, b, t, labelled_count(b, t))
+    assert labelled_count(b, t) == round(0.15 * b * t) == 614
     # two layers' worth of encoder work is twice one layer's
-    one = bench.train_flops(BertConfig.preset("mini", num_layers=1), b, t, 0)
-    two = bench.train_flops(BertConfig.preset("mini", num_layers=2), b, t, 0)
+    one = train_flops(BertConfig.preset("mini", num_layers=1), b, t, 0)
+    two = train_flops(BertConfig.preset("mini", num_layers=2), b, t, 0)
     assert two["total"] == 2 * one["total"]
     # mini at B32 T128: encoder 4 * (2*4096*(4*256^2 + 2*256*1024) + 4*32*128^2*256), head at 614 rows
     encoder = 4 * (2 * 4096 * (4 * 256 ** 2 + 2 * 256 * 1024) + 4 * 32 * 128 ** 2 * 256)
     head = 2 * 614 * 256 * (256 + 8192)
     assert train["total"] == 3 * (encoder + head)
-    infer = bench.inference_flops(config, b, t)
+    infer = inference_flops(config, b, t)
     assert infer["total"] == encoder + 2 * 4096 * 256 * (256 + 8192)
 
 
 def test_host_batch_labels():
     config = BertConfig.preset("tiny")
-    batch = bench.make_host_batch(config, 4, 32)
+    batch = make_host_batch(config, 4, 32)
     labelled = (batch["labels"] != -100).sum()
-    assert labelled == bench.labelled_count(4, 32) == 19
-    again = bench.make_host_batch(config, 4, 32)
+    assert labelled == labelled_count(4, 32) == 19
+    again = make_host_batch(config, 4, 32)
     assert all((batch[k] == again[k]).all() for k in batch)
 
 
@@ -81,7 +77,7 @@ def test_tiny_run_writes_sane_json(tmp_path):
     res = report["results"]["tiny"]
     assert res["seq_len"] == 32 and not res["seq_len_clamped"] and res["labelled_rows"] == 19
     assert res["reference"] == "pytorch-eager" and not res["errors"]
-    flops = bench.train_flops(BertConfig.preset("tiny"), 4, 32, 19)["total"]
+    flops = train_flops(BertConfig.preset("tiny"), 4, 32, 19)["total"]
     assert res["flops"]["train"]["total"] == flops
     for name in ("numpy", "pytorch-eager"):
         lib = res["libraries"][name]
@@ -103,13 +99,13 @@ def test_tiny_run_writes_sane_json(tmp_path):
 
 
 def test_seq_len_clamped_to_max_position():
-    args = bench.parse_args(["--presets", "seed", "--seq-len", "128"])
-    config = bench.model_config("seed", args.vocab, args.dropout)
+    args = parse_args(["--presets", "seed", "--seq-len", "128"])
+    config = model_config("seed", args.vocab, args.dropout)
     assert config.max_position == 64 and config.vocab_size == 8192 and config.hidden_dropout == 0.1
-    assert bench.effective_seq_len(config, args.seq_len) == 64
-    assert bench.effective_seq_len(config, 32) == 32
+    assert effective_seq_len(config, args.seq_len) == 64
+    assert effective_seq_len(config, 32) == 32
     assert args.backends and args.reference_variants == ["eager", "sdpa"]
-    assert bench.parse_args(["--quick"]).repeats < args.repeats
+    assert parse_args(["--quick"]).repeats < args.repeats
 
 
 def _lib(kind, times, pressures, gemm_s=0.01, mem=100, scatter_s=0.005):
@@ -129,7 +125,7 @@ def test_summarize_ratios_and_quiet_reference():
               "libraries": {"numpy": _lib("minibert", [0.5, 0.6], [0.0, 0.5], mem=50),
                             "pytorch-eager": _lib("reference", [1.0, 1.2], [0.0, 0.5]),
                             "pytorch-sdpa": _lib("reference", [1.1, 0.9], [0.0, 0.5])}}
-    bench.summarize(result)
+    summarize(result)
     # sdpa has the lower overall median (1000 ms vs 1100 ms), but eager is faster where both were quiet
     assert result["reference"] == "pytorch-eager" and result["reference_chosen_by"] == "quiet_median_ms"
     numpy_ = result["libraries"]["numpy"]
@@ -147,11 +143,11 @@ def test_summarize_ratios_and_quiet_reference():
     assert r["train_time_paired_quiet_median"] == pytest.approx(0.5) and r["train_time_paired_quiet_rounds"] == 1
     assert r["memory_peak_delta"] == pytest.approx(0.5)
     assert result["libraries"]["pytorch-eager"]["vs_reference"]["train_time"] == 1.0
-    text = bench.format_report({"machine": {"cpu_model": "x", "usable_cpus": 2, "loadavg_start": (0, 0, 0),
-                                            "loadavg_end": (0, 0, 0), "OPENBLAS_CORETYPE": None},
-                                "settings": {"gpu": False, "threads": 2, "batch_size": 1, "dropout": 0.1, "vocab": 8,
-                                             "repeats": 2, "burst": 1, "burst_warmup": 1, "warmup": 1,
-                                             "gemm_size": 1000,
-                                             "quiet_pressure": 0.1, "quiet_threshold": 0.3},
-                                "results": {}})
+    text = format_report({"machine": {"cpu_model": "x", "usable_cpus": 2, "loadavg_start": (0, 0, 0),
+                                      "loadavg_end": (0, 0, 0), "OPENBLAS_CORETYPE": None},
+                          "settings": {"gpu": False, "threads": 2, "batch_size": 1, "dropout": 0.1, "vocab": 8,
+                                       "repeats": 2, "burst": 1, "burst_warmup": 1, "warmup": 1,
+                                       "gemm_size": 1000,
+                                       "quiet_pressure": 0.1, "quiet_threshold": 0.3},
+                          "results": {}})
     assert "Mini-BERT vs PyTorch" in text
