@@ -17,13 +17,13 @@ torch = pytest.importorskip("torch", reason="the transformers fidelity tests nee
 transformers = pytest.importorskip(
     "transformers", reason="the transformers fidelity tests need transformers: pip install -e '.[interop]'")
 
-from support import backend_or_skip  # noqa: E402
+from support import assert_tree_close, backend_or_skip  # noqa: E402
 from minibert import BertConfig, classify_logits, classify_loss_and_grads, param_shapes  # noqa: E402
 from minibert.hf import (config_from_transformers, encoder_from_transformers, from_transformers,  # noqa: E402
                          params_from_state_dict, params_to_state_dict, to_transformers, transformers_shapes)
 from minibert.params import init_classifier_from, init_host_params  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
-from test_hf_fidelity import (CASES, F64_TOL, GRAD_RTOL, LOGITS_TOL, assert_clean, assert_grads_close,  # noqa: E402
+from test_hf_fidelity import (CASES, F64_TOL, GRAD_RTOL, LOGITS_TOL, assert_clean,  # noqa: E402
                               hf_batch, hf_model, on)
 
 # id: (transformers class, encoder case of test_hf_fidelity, extra config fields). Odd sizes: 3 classes on H=48,
@@ -121,7 +121,7 @@ def test_loss_and_every_gradient_match_torch_autograd(backend, case):
     config, params, batch, _, ref_loss, ref_grads = reference(case)
     loss, grads = classify_loss_and_grads(on(backend, params), batch, config=config, backend=backend)
     np.testing.assert_allclose(loss, ref_loss, rtol=LOGITS_TOL, atol=LOGITS_TOL)
-    assert_grads_close(grads, ref_grads, backend, GRAD_RTOL)
+    assert_tree_close(grads, ref_grads, rtol=0, atol=0, scaled_atol=GRAD_RTOL)
 
 
 @pytest.mark.parametrize("case", CLASSIFY_CASES)
@@ -133,7 +133,7 @@ def test_float64_matches_torch_float64(float64_backend, case):
     np.testing.assert_allclose(logits, ref_logits, rtol=F64_TOL, atol=F64_TOL)
     loss, grads = classify_loss_and_grads(device_params, batch, config=config, backend=float64_backend)
     np.testing.assert_allclose(loss, ref_loss, rtol=F64_TOL, atol=F64_TOL)
-    assert_grads_close(grads, ref_grads, float64_backend, F64_TOL)
+    assert_tree_close(grads, ref_grads, rtol=0, atol=0, scaled_atol=F64_TOL)
 
 
 # --- checkpoints both ways ------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT
 
 WHEEL_NAMES = ("array_api_compat", "array_api_strict", "setuptools")
 
