@@ -19,7 +19,7 @@ from minibert.corpus import corpus_fingerprint, load_corpus_files, load_default_
 from minibert.data import MLMBatcher, build_datasets
 from minibert.inference import evaluate_mlm
 from minibert.loop import LoopSettings, run_loop
-from minibert.model import forward_backward
+from minibert.model import forward_backward, label_count
 from minibert.params import init_host_params
 from minibert.rundir import open_run
 from minibert.settings import RESUME_FIXED, TrainSettings, get_backend
@@ -94,6 +94,7 @@ class MLMTask:
         self.tokens_per_batch = settings.batch_size * settings.seq_len
         self._init_weights = init_weights
         self.forward_backward = partial(forward_backward, config=config, backend=backend)
+        self.label_count = label_count
 
     def initial_params(self) -> dict:
         if self._init_weights is not None:
