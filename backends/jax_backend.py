@@ -1,6 +1,9 @@
 """JAX on its default device (CPU or GPU); arrays are immutable, the training step is compiled with jax.jit."""
 from __future__ import annotations
 
+import socket
+import time
+
 import numpy as np
 
 from backends.base import Backend, BackendUnavailableError
@@ -142,7 +145,16 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     On CPU the collectives go through gloo. Fails with RuntimeError after `timeout_s` if the coordinator (or
     another process) does not answer."""
     import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")   # the default in JAX 0.10; older: none
+    if coordinator is not None:
+        # JAX's client aborts the whole process (SIGABRT, no Python exception) when it cannot register in time,
+        # so what can be checked is checked first: process 0 must be able to open the port, the others must
+        # reach it within the timeout
+        host, port = coordinator.rsplit(":", 1)
+        if process_id == 0:
+            _check_port_free(coordinator, int(port))
+        else:
+            _wait_for_coordinator(host, int(port), timeout_s)
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id, initialization_timeout=int(timeout_s))
@@ -162,3 +174,27 @@ def create() -> Backend:
             f"backend 'jax' needs JAX, which is not installed ({exc}); install it with: "
             "pip install -e '.[jax]'  (or: pip install jax; for NVIDIA GPUs: pip install 'jax[cuda12]')") from None
     return JaxBackend(jax)
+
+
+def _check_port_free(coordinator: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError as exc:
+            raise RuntimeError(f"--coordinator {coordinator}: process 0 cannot serve on port {port} ({exc}); "
+                               "choose a free port") from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
+    """Return once something listens at host:port; RuntimeError if nothing does within `timeout_s`."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=min(2.0, timeout_s)):
+                return
+        except OSError as exc:
+            last = exc
+            time.sleep(0.25)
+    raise RuntimeError(f"multi-process start-up: the coordinator {host}:{port} did not answer within "
+                       f"--init-timeout={timeout_s}s ({last}); start process 0 first (--process-id 0) on that host, "
+                       "and check the address and that the port is reachable")

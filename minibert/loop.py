@@ -144,7 +144,7 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
                 if done % loop.eval_every == 0 and done < loop.steps:
                     metrics = task.evaluate(params)
                     run.append_metrics({"step": done, **metrics})
-                    bar.write(f"step {done}: {task.summary(metrics)}")
+                    (bar.write if loop.progress else log)(f"step {done}: {task.summary(metrics)}")
                 if done % loop.save_every == 0 or done == loop.steps:
                     save(done)
                 if stop.signal_name and done < loop.steps:

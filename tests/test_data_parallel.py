@@ -1,0 +1,255 @@
+"""Data-parallel training (JAX sharding): N devices and P processes give the result of one device; bad launches fail
+clearly before any work. Virtual CPU devices must be asked for before JAX starts, so every multi-device check runs
+in a child process (a child pytest for the array-level checks, scripts/train.py for the end-to-end ones)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import backends
+from conftest import ROOT, backend_or_skip, random_batch
+from minibert import BertConfig, init_params
+from minibert.batch import check_batch, device_batches
+from minibert.model import forward_backward, label_count
+from minibert.optim import AdamWConfig, init_state
+from minibert.step import accumulate_gradients, make_train_step
+
+DEVICES_CHILD_ENV = "MINIBERT_TEST_DEVICES_CHILD"
+IN_CHILD = bool(os.environ.get(DEVICES_CHILD_ENV))
+SMALL = BertConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position=12)
+TINY = ["--config", "tiny", "--vocab-size", "1000", "--seq-len", "32", "--batch-size", "8", "--no-progress",
+        "--eval-batches", "2", "--steps", "4", "--save-every", "2", "--eval-every", "2", "--dropout", "0.1",
+        "--backend", "jax"]
+child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in the 4-device child (test_four_device_checks_pass)")
+
+
+# --- array level, in a child with 4 virtual CPU devices ----------------------------------------------------------
+
+def two_micro_batches():
+    """Two 8-row micro-batches with different label counts (and different counts on each device's 2 rows)."""
+    rng = np.random.default_rng(11)
+    return [check_batch(random_batch(rng, SMALL, batch=8, seq=10, label_rate=rate), SMALL) for rate in (0.2, 0.7)]
+
+
+def step_gradients(backend, batches, key_seed=None):
+    params = init_params(SMALL, seed=0, backend=backend)
+    fn = backend.jit(partial(accumulate_gradients, partial(forward_backward, config=SMALL, backend=backend),
+                             backend=backend, count_fn=label_count))
+    micro = device_batches(batches, backend, "float32")
+    key = None if key_seed is None else backend.key(key_seed)
+    loss, grads = fn(params, micro, key)
+    return (float(backend.to_numpy(loss)), {k: backend.to_numpy(v) for k, v in grads.items()},
+            fn.lower(params, micro, key).compile().as_text())
+
+
+def assert_close(got, want, rtol):
+    np.testing.assert_allclose(got[0], want[0], rtol=rtol)
+    for name, ref in want[1].items():
+        np.testing.assert_allclose(got[1][name], ref, rtol=rtol, atol=rtol * np.abs(ref).max(), err_msg=name)
+
+
+@child_only
+def test_child_four_devices_one_step_equals_one_device():
+    one = backends.get_backend("jax")
+    four = one.data_parallel(4)
+    assert four.data_shards == 4 and one.data_shards == 1
+    batches = two_micro_batches()
+    sharded = step_gradients(four, batches)
+    assert_close(sharded, step_gradients(one, batches), rtol=1e-5)
+    # the batch really is split by rows, and the compiler summed the gradients over the devices
+    arrays = device_batches(batches, four, "float32")[0]
+    assert [s.data.shape for s in arrays.input_ids.addressable_shards] == [(2, 10)] * 4
+    assert "all-reduce" in sharded[2]
+
+
+@child_only
+def test_child_four_devices_dropout_masks_do_not_depend_on_device_count():
+    """JAX's partitionable threefry draws the same [B*T, H] mask whichever device holds which rows, so with dropout
+    on, 4 devices still give the step of 1 device (and dropout does act: the loss differs from no dropout)."""
+    one = backends.get_backend("jax")
+    four = one.data_parallel(4)
+    batches = two_micro_batches()
+    assert_close(step_gradients(four, batches, key_seed=5), step_gradients(one, batches, key_seed=5), rtol=1e-5)
+    assert abs(step_gradients(one, batches, key_seed=5)[0] - step_gradients(one, batches)[0]) > 1e-3
+
+
+@child_only
+def test_child_four_devices_twenty_steps_follow_one_device():
+    def losses(backend):
+        params = init_params(SMALL, seed=0, backend=backend)
+        state = init_state(params, backend)
+        step = make_train_step(partial(forward_backward, config=SMALL, backend=backend),
+                               AdamWConfig(lr=3e-3, warmup_steps=2, total_steps=20), backend, count_fn=label_count)
+        rng = np.random.default_rng(3)
+        out = []
+        for i in range(20):
+            batches = [check_batch(random_batch(rng, SMALL, batch=8, seq=10, label_rate=0.3), SMALL)]
+            params, state, loss, _ = step(params, state, device_batches(batches, backend, "float32"), None, i)
+            out.append(float(backend.to_numpy(loss)))
+        return np.array(out)
+
+    one = backends.get_backend("jax")
+    ref = losses(one)
+    np.testing.assert_allclose(losses(one.data_parallel(4)), ref, rtol=1e-4)
+    assert ref[-1] < ref[0]
+
+
+def test_four_device_checks_pass():
+    """Runs the checks above in a child pytest that sees 4 virtual CPU devices."""
+    backend_or_skip("jax")
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               **{DEVICES_CHILD_ENV: "1"})
+    env.pop("JAX_ENABLE_X64", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_child_",
+                             "tests/test_data_parallel.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert re.search(r"\b3 passed", summary) and "skipped" not in summary, summary
+
+
+# --- scripts/train.py end to end ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    backend_or_skip("jax")
+    from pydoc_data.topics import topics
+    root = tmp_path_factory.mktemp("dist")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(topics[name] for name in sorted(topics))[:60_000], encoding="utf-8")
+    env = dict(os.environ, MINIBERT_CACHE=str(root / "cache"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+               CORPUS=str(corpus))
+    for name in ("MINIBERT_BACKEND", "JAX_ENABLE_X64", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES"):
+        env.pop(name, None)
+    return env
+
+
+def train(env, *args, devices_present=1, timeout=600):
+    child = dict(env, JAX_NUM_CPU_DEVICES=str(devices_present))
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *TINY, "--corpus", env["CORPUS"],
+                             *map(str, args)], cwd=ROOT, env=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(process, timeout=600):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def losses(run_dir):
+    return np.array([json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                     if '"loss"' in line])
+
+
+def final_params(run_dir):
+    return load_file(str(run_dir / (run_dir / "latest").read_text().strip()))
+
+
+def back_to_step_2(run_dir, copy):
+    """A copy of a finished 4-step run as if it had stopped after its step-2 checkpoint."""
+    shutil.copytree(run_dir, copy)
+    for path in copy.glob("ckpt-00000004.*"):
+        path.unlink()
+    (copy / "latest").write_text("ckpt-00000002.safetensors\n")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def four_device_run(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("four") / "run"
+    code, _, err = finish(train(env, "--devices", "4", "--out", out, devices_present=4))
+    assert code == 0, err[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_train_script_on_four_devices_matches_one_and_resumes_on_two(env, four_device_run, tmp_path):
+    code, _, err = finish(train(env, "--out", tmp_path / "one"))
+    assert code == 0, err[-3000:]
+    np.testing.assert_allclose(losses(four_device_run), losses(tmp_path / "one"), rtol=1e-5)
+    assert len(losses(four_device_run)) == 4
+    resumed = back_to_step_2(four_device_run, tmp_path / "resumed")
+    code, _, err = finish(train(env, "--resume", resumed, "--devices", "2", devices_present=2))
+    assert code == 0, err[-3000:]
+    np.testing.assert_allclose(losses(resumed), losses(four_device_run), rtol=1e-5)
+    want = final_params(four_device_run)
+    for name, value in final_params(resumed).items():
+        np.testing.assert_allclose(value, want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def two_processes(env, *args):
+    port = free_port()
+    launch = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--init-timeout", "120"]
+    procs = [train(env, *launch, "--process-id", str(i), *args, devices_present=2) for i in range(2)]
+    results = [finish(p) for p in procs]
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    return results
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_match_one_process_of_four_and_resume(env, four_device_run, tmp_path):
+    run = tmp_path / "two"
+    (_, out0, _), (_, out1, _) = two_processes(env, "--out", run)
+    np.testing.assert_allclose(losses(run), losses(four_device_run), rtol=1e-5)
+    assert "done:" in out0 and out1.strip() == ""          # process 1 reports nothing
+    assert not (tmp_path / "runs").exists()
+    resumed = back_to_step_2(run, tmp_path / "resumed")
+    two_processes(env, "--resume", resumed)
+    np.testing.assert_allclose(losses(resumed), losses(four_device_run), rtol=1e-5)
+    want = final_params(four_device_run)
+    for name, value in final_params(resumed).items():
+        np.testing.assert_allclose(value, want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# --- bad launches: a clear error, exit 2, before any work ---------------------------------------------------------
+
+@pytest.mark.parametrize("args, present, message", [
+    (["--devices", "8"], 2, r"--devices 8: only 2 cpu devices present; allowed: 1\.\.2, or all"),
+    (["--devices", "3"], 4, r"--batch-size 8 cannot be split evenly over --devices 3: use a multiple of 3"),
+    (["--devices", "2", "--backend", "numpy"], 2, r"--devices 2: backend 'numpy' runs on one device; .*--backend jax"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "2"], 1,
+     r"--process-id 2 is out of range for --num-processes 2; allowed: 0\.\.1"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2"], 1, r"--coordinator, --num-processes needs "
+                                                                     r"--process-id too"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--backend", "numpy"], 1,
+     r"multi-process training .* --backend jax; backend 'numpy' runs in one process"),
+    (["--devices", "two"], 1, r"--devices: expected a positive int or 'all', got 'two'"),
+])
+def test_bad_launch_fails_before_any_work(env, tmp_path, args, present, message):
+    code, out, err = finish(train(env, "--out", tmp_path / "run", *args, devices_present=present), timeout=120)
+    assert code == 2 and re.search(message, err), err[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_coordinator_fails_within_the_timeout(env, tmp_path):
+    started = time.monotonic()
+    code, _, err = finish(train(env, "--out", tmp_path / "run", "--coordinator", f"localhost:{free_port()}",
+                                "--num-processes", "2", "--process-id", "1", "--init-timeout", "3"), timeout=120)
+    assert code == 2 and re.search(r"the coordinator localhost:\d+ did not answer within --init-timeout=3s", err), err
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "run").exists()
+
+
+def test_backends_without_sharding_name_jax_as_the_route():
+    with pytest.raises(ValueError, match=r"backend 'numpy' runs on one device; .*--backend jax"):
+        backends.get_backend("numpy").data_parallel(2)
+    with pytest.raises(ValueError, match=r"--backend jax; backend 'torch' runs in one process"):
+        backends.initialize_distributed("torch")
