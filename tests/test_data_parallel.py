@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 import backends
 from conftest import ROOT, backend_or_skip, random_batch
 from minibert import BertConfig, init_params
-from minibert.batch import check_batch, device_batches
+from minibert.batch import check_batch, device_batches, padded_count
 from minibert.model import forward_backward, label_count
 from minibert.optim import AdamWConfig, init_state
 from minibert.step import accumulate_gradients, make_train_step
@@ -278,3 +278,34 @@ def test_scaling_report_refuses_device_counts_that_do_not_divide_the_batch():
         measure_scaling(backends.get_backend("numpy"), SMALL, batch_size=8, seq_len=10, device_counts=(1, 3))
     with pytest.raises(ValueError, match=r"backend 'numpy' runs on one device"):
         measure_scaling(backends.get_backend("numpy"), SMALL, batch_size=8, seq_len=10, device_counts=(1, 2), steps=1)
+
+
+def test_device_batches_give_each_device_its_own_labels_in_blocks_of_one_shape():
+    """The row-padding policy on a backend split over 4 devices (here NumPy told it has 4 shards and static
+    shapes, so the layout is visible without devices): block d of positions/targets/weights holds the labels of
+    rows [2d, 2d+2) as global flat indices, every block padded to the same bucket, padding at the block's first
+    token with weight 0."""
+    from backends.numpy_backend import create
+    base = create()
+
+    class FourShards(type(base)):
+        data_shards, static_shapes = 4, True
+
+    be = FourShards.__new__(FourShards)
+    be.__dict__.update(base.__dict__)
+    rng = np.random.default_rng(2)
+    batches = [check_batch(random_batch(rng, SMALL, batch=8, seq=10, label_rate=rate), SMALL) for rate in (0.2, 0.9)]
+    arrays = device_batches(batches, be, "float32")
+    tokens_per_device = 2 * 10
+    bucket = max(padded_count(int(np.sum(rows != -100))) for b in batches for rows in np.split(b["labels"], 4))
+    for batch, a in zip(batches, arrays):
+        blocks = np.split(np.asarray(a.positions), 4)
+        assert len(a.positions) == 4 * bucket
+        flat = batch["labels"].reshape(-1)
+        for d, (pos, tgt, w) in enumerate(zip(blocks, np.split(a.targets, 4), np.split(a.weights, 4))):
+            real = w == 1
+            assert np.all((pos >= d * tokens_per_device) & (pos < (d + 1) * tokens_per_device))
+            np.testing.assert_array_equal(pos[real], np.flatnonzero(flat[d * 20:(d + 1) * 20] != -100) + d * 20)
+            np.testing.assert_array_equal(tgt[real], flat[pos[real]])
+            assert np.all(pos[~real] == d * tokens_per_device) and np.all(w[~real] == 0)
+        assert int(np.sum(a.weights)) == int(np.sum(batch["labels"] != -100))
