@@ -31,7 +31,8 @@ def accumulate_gradients(forward_backward_fn, params, micro_batches, key, backen
     With `count_fn` (arrays -> 0-d count of labelled items): D = sum_i count_fn(b_i), and
         loss = sum_i loss_i,  grads = sum_i grads_i,  (loss_i, grads_i) = forward_backward_fn(params, b_i, key_i, D)
     the token-weighted mean over the whole step. Without it, every micro-batch weighs the same:
-        loss = (1/k) sum_i loss_i,  grads = (1/k) sum_i grads_i,  (loss_i, grads_i) = forward_backward_fn(params, b_i, key_i)
+        loss = (1/k) sum_i loss_i,  grads = (1/k) sum_i grads_i,
+        (loss_i, grads_i) = forward_backward_fn(params, b_i, key_i)
     (right only when all micro-batches hold the same number of items). key_i = fold_in(key, i), or None.
     """
     normaliser = None if count_fn is None else sum(count_fn(arrays) for arrays in micro_batches)
