@@ -21,6 +21,7 @@ class Backend:
                pad the MLM head's rows to a few bucket sizes; elsewhere they keep the exact count.
       supports_float64: whether float64 arrays can be made here.
       on_gpu: whether arrays live on a GPU (so timings need `synchronize` and memory is the device's).
+      data_shards: devices a training batch is split over by rows (1: one device; see `data_parallel`).
 
     Random numbers are functional: `key(seed)` makes a key, `fold_in(key, n)` derives an independent one,
     `uniform(key, shape, dtype)` draws from [0, 1). The same keys work inside `jit`.
@@ -33,6 +34,7 @@ class Backend:
     static_shapes: bool = False
     supports_float64: bool = True
     on_gpu: bool = False
+    data_shards: int = 1
 
     # -- host <-> device ----------------------------------------------------------------------
     def asarray(self, host_array, dtype=None):
@@ -114,6 +116,18 @@ class Backend:
     def track_peak_memory(self) -> "PeakMemory":
         """A context manager measuring the peak device bytes in use while it is open (see PeakMemory)."""
         return PeakMemory()
+    # -- data parallelism ----------------------------------------------------------------------------
+    def data_parallel(self, devices):
+        """This backend over several devices (`devices`: an int or "all"): batches split by rows, parameters
+        replicated, one compiled step. Only the JAX backend can (its sharding); others raise ValueError."""
+        raise ValueError(f"--devices {devices}: backend {self.name!r} runs on one device; data-parallel training "
+                         "over several devices or processes uses JAX's sharding: --backend jax "
+                         "(pip install -e '.[jax]')")
+
+    def shard_rows(self, host_array, dtype=None):
+        """A host array [R, ...] on the device(s), split by rows over the `data_shards` devices (device d holds
+        rows [d*R/n, (d+1)*R/n)); on one device the same as `asarray`."""
+        return self.asarray(host_array, dtype)
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} device={self.device}>"

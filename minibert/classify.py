@@ -53,15 +53,17 @@ def _head_forward(params, hidden, batch, seq, config: BertConfig, backend, key):
     return token_head_forward(params, hidden, rate, head_key, backend)
 
 
-def _loss_forward(logits, arrays, config: BertConfig, backend):
+def _loss_forward(logits, arrays, config: BertConfig, backend, normaliser=None):
     if config.problem_type == "regression":
-        return mse_forward(logits, arrays.targets, arrays.weights)
-    return cross_entropy_forward(logits, arrays.targets, arrays.weights, backend)
+        return mse_forward(logits, arrays.targets, arrays.weights, normaliser)
+    return cross_entropy_forward(logits, arrays.targets, arrays.weights, backend, normaliser)
 
 
-def classify_forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
+def classify_forward_backward(params, arrays, key=None, normaliser=None, *, config: BertConfig, backend):
     """Loss (0-d array) and every gradient (named like `params`) for one device batch
-    (`classify_device_batch`); `key` a backend random key for dropout, or None for none.
+    (`classify_device_batch`); `key` a backend random key for dropout, or None for none. The loss is the sum
+    over labelled rows divided by `normaliser` (the labelled rows of the whole training step, counted by
+    `minibert.model.label_count`), or by this batch's own count when None: the batch mean.
 
     Backward: dLoss/dlogits from the loss, back through the head to d hidden [B*T, H] (the sequence head
     feeds only the [CLS] rows, so the other rows get 0), then through the encoder.
@@ -70,7 +72,7 @@ def classify_forward_backward(params, arrays, key=None, *, config: BertConfig, b
     hidden, encoder_cache = encoder_forward(params, arrays.input_ids, arrays.token_type_ids, arrays.attention_mask,
                                             config, backend, key)
     logits, head_cache = _head_forward(params, hidden, batch, seq, config, backend, key)
-    loss, loss_cache = _loss_forward(logits, arrays, config, backend)
+    loss, loss_cache = _loss_forward(logits, arrays, config, backend, normaliser)
     if config.problem_type == "regression":
         d_logits, _ = mse_backward(1.0, loss_cache)
     else:
