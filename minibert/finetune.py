@@ -444,13 +444,15 @@ def finetune(settings: FinetuneSettings, log=print) -> dict:
 
 
 def load_classifier_run(run_dir, backend_name: str | None = None):
-    """(settings, config, params on the backend, tokenizer, backend) of a fine-tuned run's newest checkpoint."""
+    """(settings, config, params on the backend, tokenizer, backend, max_len) of a fine-tuned run's newest
+    checkpoint."""
     from minibert.inference import load_run
 
     config, params, tokenizer, backend = load_run(run_dir, backend_name)
     if config.task not in TASKS:
         raise ValueError(f"{run_dir} is a masked-LM run (task {config.task!r}), not a fine-tuned classifier")
-    return resume_settings(run_dir), config, params, tokenizer, backend
+    max_len = ckpt.read_run_config(run_dir).get("max_len", config.max_position)
+    return resume_settings(run_dir), config, params, tokenizer, backend, max_len
 
 
 def predict_text(text: str, config: BertConfig, params, tokenizer: WordPieceTokenizer, backend, max_len: int,
