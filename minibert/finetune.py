@@ -406,11 +406,11 @@ def finetune(settings: FinetuneSettings, log=print) -> dict:
     checkpoints, metrics.jsonl and loss.png into the run directory, which it holds locked until it returns."""
     settings.validate()
     backend = get_backend(settings.backend, settings.dtype)
-    data = load_task(settings)
     if not settings.resume and not settings.from_scratch and settings.init_from is None:
         settings = dataclasses.replace(settings, init_from=str(default_pretrained_run()))
         log(f"fine-tuning the default pretrained run {settings.init_from} (the newest complete one under "
             f"{RUNS_ROOT}/)")
+    data = load_task(settings)
     with open_run(out=settings.out, resume=settings.resume, settings=settings.record(), fixed=RESUME_FIXED,
                   fallback=settings.resume_fallback, script=SCRIPT) as run:
         config, tokenizer, init_params, run_info = _model_plan(settings, run, data, log)
