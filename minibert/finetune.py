@@ -233,8 +233,15 @@ def encoder_source(init_from: str, dtype: str) -> tuple[BertConfig, dict, Path]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"--init-from {init_from} is not a BERT: no readable config.json ({exc}); pass a "
                          "Mini-BERT run directory or a transformers BERT folder") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--init-from {init_from} is not a BERT: its config.json holds a "
+                         f"{type(fields).__name__}, not a model config")
+    if "model" not in fields and fields.get("model_type", "bert") != "bert":
+        raise ValueError(f"--init-from {init_from} is not a BERT: its config.json says model_type "
+                         f"{fields['model_type']!r} (architectures {fields.get('architectures')}); pass a "
+                         "Mini-BERT run directory or a transformers BERT folder")
     try:
-        if isinstance(fields, dict) and isinstance(fields.get("model"), dict):     # a Mini-BERT run
+        if isinstance(fields.get("model"), dict):     # a Mini-BERT run
             config, params = ckpt.load_latest_params(source)
         else:
             from minibert.hf import encoder_from_transformers

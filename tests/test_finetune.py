@@ -273,7 +273,7 @@ def _bad_files(files, tmp_path) -> dict:
         "one class": (["--train", one_class, *dev], "has only one class ('pos')"),
         "tokens and tags": (["--task", "token", "--train", uneven, "--eval", uneven],
                             f"{uneven}, line 2: 3 tokens but 2 tags"),
-        "not a BERT": (["--init-from", not_bert, "--train", files["train"], *dev], f"--init-from {not_bert} is not a BERT"),
+        "not a BERT": (["--init-from", not_bert, "--train", files["train"], *dev], f"--init-from {not_bert} is not a BERT: its config.json says model_type 'gpt2'"),
     }
 
 
