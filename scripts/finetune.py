@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--from-scratch", action="store_true", help="random weights of --config instead")
     p.add_argument("--config", help=f"model preset for --from-scratch: {', '.join(PRESETS)} (default {d.config})")
     p.add_argument("--vocab-size", type=int,
-                   help=f"WordPiece vocabulary trained on the training texts for --from-scratch (default {d.vocab_size})")
+                   help=f"WordPiece vocabulary trained on the training texts, for --from-scratch "
+                        f"(default {d.vocab_size})")
     p.add_argument("--task", help=f"sequence or token (default {d.task})")
     p.add_argument("--train", metavar="FILE", help="training examples (default: the built-in task)")
     p.add_argument("--eval", metavar="FILE", help="held-out examples (needed with --train)")

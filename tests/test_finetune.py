@@ -11,7 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from support import ROOT, TINY_RUN, assert_tree_close, latest_tensors, python_command, records, run_script
+from support import (ALL_BACKENDS, ROOT, TINY_RUN, assert_tree_close, backend_or_skip, latest_tensors, python_command,
+                     records, run_script)
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,8 @@ def files(tmp_path_factory):
     for name, count, seed in (("reg_train", 40, 4), ("reg_dev", 12, 5)):
         with open(root / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for text, label in sentiment_rows(count, seed):
-                f.write(json.dumps({"text": text, "score": (1.0 if label == "pos" else -1.0) + 0.01 * len(text)}) + "\n")
+                score = (1.0 if label == "pos" else -1.0) + 0.01 * len(text)
+                f.write(json.dumps({"text": text, "score": score}) + "\n")
         found[name] = root / f"{name}.jsonl"
     found["tok_train"] = write_conll(root / "train.conll", conll_sentences(40, 6))
     found["tok_dev"] = write_conll(root / "dev.conll", conll_sentences(12, 7))
@@ -136,15 +138,19 @@ def test_resume_is_bit_exact(script_env, sequence_run, tmp_path):
     assert records(run_dir, "eval_loss")[-1] == records(reference, "eval_loss")[-1]
 
 
-def test_freeze_encoder_trains_only_the_head(script_env, sequence_run, files, tmp_path):
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_freeze_encoder_trains_only_the_head(script_env, sequence_run, files, tmp_path, name):
+    backend_or_skip(name)
     source, _ = sequence_run
     out = tmp_path / "probe"
     result = finetune(script_env, "--init-from", source, "--freeze-encoder", "--train", files["train"],
-                      "--eval", files["dev"], "--epochs", "1", "--lr", "1e-2", "--no-progress", "--out", out)
+                      "--eval", files["dev"], "--epochs", "1", "--lr", "1e-2", "--no-progress", "--out", out,
+                      "--backend", name)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "encoder frozen" in result.stdout
     before, after = latest_tensors(source), latest_tensors(out)
-    encoder = [k for k in before if k.startswith("params/") and not k.startswith(("params/pooler.", "params/classifier."))]
+    head = ("params/pooler.", "params/classifier.")
+    encoder = [k for k in before if k.startswith("params/") and not k.startswith(head)]
     assert len(encoder) > 10
     assert_tree_close({k: after[k] for k in encoder}, {k: before[k] for k in encoder}, rtol=0, atol=0)
     for name in ("params/pooler.dense.weight", "params/classifier.weight", "params/classifier.bias"):
@@ -273,7 +279,8 @@ def _bad_files(files, tmp_path) -> dict:
         "one class": (["--train", one_class, *dev], "has only one class ('pos')"),
         "tokens and tags": (["--task", "token", "--train", uneven, "--eval", uneven],
                             f"{uneven}, line 2: 3 tokens but 2 tags"),
-        "not a BERT": (["--init-from", not_bert, "--train", files["train"], *dev], f"--init-from {not_bert} is not a BERT: its config.json says model_type 'gpt2'"),
+        "not a BERT": (["--init-from", not_bert, "--train", files["train"], *dev],
+                       f"--init-from {not_bert} is not a BERT: its config.json says model_type 'gpt2'"),
     }
 
 
