@@ -185,6 +185,7 @@ def load_task(settings: FinetuneSettings, eval_path: str | None = None) -> TaskD
 
 
 def encode(data: TaskData, examples: list, tokenizer: WordPieceTokenizer, max_len: int) -> EncodedExamples:
+    """`examples` of `data`'s task as model rows of at most `max_len` tokens, labels mapped by its label map."""
     if data.task == "token":
         return encode_token_examples(examples, tokenizer, max_len, label2id=data.label2id)
     return encode_sequence_examples(examples, tokenizer, max_len, label2id=None if data.regression else data.label2id)
@@ -266,9 +267,9 @@ def classifier_config(encoder: BertConfig, data: TaskData, dropout: float) -> Be
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
 
-def evaluate_classifier(params, data: TaskData, encoded: EncodedExamples, config: BertConfig, backend,
-                        batch_size: int, baseline: float | None) -> dict:
-    """Held-out metrics of a classifier on `encoded` (data.eval, encoded): eval_loss (mean over labelled rows),
+def evaluate_classifier(params, encoded: EncodedExamples, config: BertConfig, backend, batch_size: int,
+                        baseline: float | None) -> dict:
+    """Held-out metrics of a classifier on `encoded` (labelled examples, encoded): eval_loss (mean over labelled rows),
     and accuracy + macro_f1 (classes), token_accuracy (+ span_f1/precision/recall for BIO tags) or
     pearson + spearman (regression); `baseline` (majority-class accuracy) is added as baseline_accuracy."""
     metrics_fn = compiled(classify_metrics, config, backend)
@@ -359,8 +360,8 @@ class FinetuneTask:
         self.train.load_state_dict(state)
 
     def evaluate(self, params) -> dict:
-        return evaluate_classifier(params, self.data, self.heldout, self.config, self.backend,
-                                   self.settings.batch_size, self.baseline)
+        return evaluate_classifier(params, self.heldout, self.config, self.backend, self.settings.batch_size,
+                                   self.baseline)
 
     def run_config(self) -> dict:
         return dict(self._run_info)

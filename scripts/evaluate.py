@@ -71,7 +71,7 @@ def _evaluate_classifier(args) -> int:
     if encoded.num_truncated:
         print(f"truncated {encoded.num_truncated} of {len(encoded)} examples to {max_len} tokens")
     baseline = None if data.regression else data.majority_baseline()
-    metrics = evaluate_classifier(params, data, encoded, config, backend, settings.batch_size, baseline)
+    metrics = evaluate_classifier(params, encoded, config, backend, settings.batch_size, baseline)
     print(f"run:  {args.run_dir}  (backend {backend.name})")
     print(f"data: {args.eval or settings.eval or 'the built-in task held-out split'} ({len(encoded)} examples)")
     for name, value in metrics.items():
