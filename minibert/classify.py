@@ -59,14 +59,17 @@ def _loss_forward(logits, arrays, config: BertConfig, backend, normaliser=None):
     return cross_entropy_forward(logits, arrays.targets, arrays.weights, backend, normaliser)
 
 
-def classify_forward_backward(params, arrays, key=None, normaliser=None, *, config: BertConfig, backend):
+def classify_forward_backward(params, arrays, key=None, normaliser=None, *, config: BertConfig, backend,
+                              train_encoder: bool = True):
     """Loss (0-d array) and every gradient (named like `params`) for one device batch
     (`classify_device_batch`); `key` a backend random key for dropout, or None for none. The loss is the sum
     over labelled rows divided by `normaliser` (the labelled rows of the whole training step, counted by
     `minibert.model.label_count`), or by this batch's own count when None: the batch mean.
 
     Backward: dLoss/dlogits from the loss, back through the head to d hidden [B*T, H] (the sequence head
-    feeds only the [CLS] rows, so the other rows get 0), then through the encoder.
+    feeds only the [CLS] rows, so the other rows get 0), then through the encoder. With `train_encoder=False`
+    (a linear probe on a frozen encoder) the encoder's backward is not run and only the head's gradients are
+    returned, so an optimizer given them updates the head alone.
     """
     batch, seq = arrays.input_ids.shape
     hidden, encoder_cache = encoder_forward(params, arrays.input_ids, arrays.token_type_ids, arrays.attention_mask,
@@ -81,8 +84,9 @@ def classify_forward_backward(params, arrays, key=None, normaliser=None, *, conf
         d_hidden, grads = sequence_head_backward(d_logits, head_cache)
     else:
         d_hidden, grads = token_head_backward(d_logits, head_cache)
-    _, encoder_grads = encoder_backward(d_hidden, encoder_cache)
-    grads.update(encoder_grads)
+    if train_encoder:
+        _, encoder_grads = encoder_backward(d_hidden, encoder_cache)
+        grads.update(encoder_grads)
     return loss, grads
 
 

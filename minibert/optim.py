@@ -92,7 +92,8 @@ def adamw_update(params, grads, state, step, cfg: AdamWConfig, skip_nonfinite: b
         p <- p - lr * wd * p      (not for biases and LayerNorm)
         p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps),   t = step + 1
 
-    `step` is the 0-based update count (an int, or a 0-d array under jit). Returns (params, state, grad_norm);
+    Only the parameters named in `grads` are updated (and decayed); the others, e.g. the encoder of a linear
+    probe, are left untouched, their moments too. `step` is the 0-based update count (an int, or a 0-d array under jit). Returns (params, state, grad_norm);
     on writeable backends the same dicts and buffers, updated in place. With `skip_nonfinite`, a step whose
     gradient norm is inf or NaN changes nothing (the moments' decay and the learning rate are set to 0 for it).
     """
@@ -113,8 +114,9 @@ def adamw_update(params, grads, state, step, cfg: AdamWConfig, skip_nonfinite: b
         v_correction = xp.astype(v_correction, norm.dtype)
         step_size = xp.astype(step_size, norm.dtype)
     sqrt_v_correction = v_correction ** 0.5
-    for name, p in params.items():
-        g = grads[name] * scale
+    for name, g in grads.items():        # parameters without a gradient (a frozen encoder) stay as they are
+        p = params[name]
+        g = g * scale
         if skip_nonfinite:
             g = xp.where(xp.isfinite(g), g, 0.0)
         m, v = state["m"][name], state["v"][name]

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Export a Mini-BERT training run to a transformers `BertForMaskedLM` folder.
+"""Export a Mini-BERT run to a transformers folder: `BertForMaskedLM` (a pretrained run),
+`BertForSequenceClassification` or `BertForTokenClassification` (a fine-tuned run, with its label map).
 
     python scripts/export_hf.py runs/my-run exported/my-bert [--verify]
 
 Reads the run's newest verified checkpoint (minibert.checkpoint.load_latest_params) and its vocab.txt, and
 writes config.json, model.safetensors and the tokenizer files, so that
-`transformers.pipeline("fill-mask", model="exported/my-bert")` works offline. --verify loads the export back
+`transformers.pipeline("fill-mask" / "text-classification" / "token-classification", model="exported/my-bert")`
+works offline. --verify loads the export back
 with transformers (needs `pip install -e '.[interop]'`) and checks its logits against Mini-BERT's own.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from minibert.hf import INTEROP_HINT, from_transformers, to_transformers
 
 
 def verify(out_dir: str, config, params, seed: int = 0) -> tuple[float, bool]:
-    """Compare transformers' BertForMaskedLM loaded from `out_dir` with Mini-BERT (NumPy backend) on a random
+    """Compare transformers' model of the run's task loaded from `out_dir` with Mini-BERT (NumPy backend) on a random
     padded batch: (largest |logit difference|, whether within float32 rounding: rtol = atol = 1e-4). Exits if the
     export does not load cleanly or does not read back bit-identical."""
     try:
@@ -29,13 +31,14 @@ def verify(out_dir: str, config, params, seed: int = 0) -> tuple[float, bool]:
     except ImportError as exc:
         raise SystemExit(f"--verify needs torch and transformers ({exc}); install them with: {INTEROP_HINT}")
     import backends
-    from minibert import mlm_logits
+    from minibert import classify_logits, mlm_logits
+    from minibert.hf import ARCHITECTURE_OF_TASK
 
     _, back = from_transformers(out_dir)
     changed = [name for name in params if not np.array_equal(back[name], np.asarray(params[name], np.float32))]
     if changed:
         raise SystemExit(f"export is not lossless: {changed[:5]} changed on reading it back")
-    model, info = transformers.BertForMaskedLM.from_pretrained(
+    model, info = getattr(transformers, ARCHITECTURE_OF_TASK[config.task]).from_pretrained(
         out_dir, local_files_only=True, output_loading_info=True, attn_implementation="eager")
     bad = {key: sorted(value) for key, value in info.items() if value}
     if bad:
@@ -53,7 +56,8 @@ def verify(out_dir: str, config, params, seed: int = 0) -> tuple[float, bool]:
                     token_type_ids=torch.from_numpy(types)).logits.numpy()
     backend = backends.get_backend("numpy")
     device_params = {name: backend.asarray(value, dtype="float32") for name, value in back.items()}
-    ours = backend.to_numpy(mlm_logits(device_params, ids, mask, types, config=config, backend=backend))
+    logits_fn = mlm_logits if config.task == "mlm" else classify_logits
+    ours = backend.to_numpy(logits_fn(device_params, ids, mask, types, config=config, backend=backend))
     return float(np.max(np.abs(ours - ref))), bool(np.allclose(ours, ref, rtol=1e-4, atol=1e-4))
 
 

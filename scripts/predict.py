@@ -1,26 +1,33 @@
 #!/usr/bin/env python
-"""Fill in the [MASK] tokens of a sentence with a trained run: top-k tokens with their probabilities.
+"""Use a trained run on a text: a pretrained (masked-LM) run fills in its [MASK] tokens (top-k tokens with their
+probabilities); a fine-tuned run prints its label with the probabilities (token task: a tag per word).
 
     python scripts/predict.py runs/20261127-120000 "the [MASK] function returns a list" [--top-k 5]
+    python scripts/predict.py runs/ft-20261129-120000 "Return the current event loop."
+    python scripts/predict.py runs/ft-pairs "first text" --text-pair "second text"
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from minibert.checkpoint import run_model_config
 from minibert.inference import fill_mask, load_run
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a directory written by scripts/train.py")
-    p.add_argument("text", help="text with one or more [MASK] tokens")
+    p.add_argument("run_dir", help="a directory written by scripts/train.py or scripts/finetune.py")
+    p.add_argument("text", help="text with one or more [MASK] tokens (pretrained run), or a text to classify")
+    p.add_argument("--text-pair", help="the second text, for a run fine-tuned on sentence pairs")
     p.add_argument("--top-k", type=int, default=5, help="fills to show per [MASK] (default 5)")
     p.add_argument("--backend", help="array backend (default: $MINIBERT_BACKEND, else numpy)")
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
     try:
+        if run_model_config(args.run_dir).task != "mlm":
+            return _classify(args)
         config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
         fills = fill_mask(args.text, config, params, tokenizer, backend, args.top_k)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError
@@ -30,6 +37,29 @@ def main(argv=None) -> int:
         print(f"[MASK] #{n}:")
         for token, prob in candidates:
             print(f"  {prob:7.2%}  {token}")
+    return 0
+
+
+def _classify(args) -> int:
+    from minibert.finetune import load_classifier_run, predict_text
+
+    settings, config, params, tokenizer, backend, max_len = load_classifier_run(args.run_dir, args.backend)
+    if (settings.text_pair_column is None) != (args.text_pair is None):
+        raise ValueError(f"{args.run_dir} was fine-tuned on sentence pairs (column {settings.text_pair_column!r}): "
+                         "pass the second text with --text-pair" if args.text_pair is None else
+                         f"{args.run_dir} was fine-tuned on single texts: --text-pair does not apply")
+    predictions = predict_text(args.text, config, params, tokenizer, backend, max_len, args.text_pair)
+    if config.task == "token":
+        for word, (tag, probs) in zip(args.text.split(), predictions):
+            print(f"{word}\t{tag or '(truncated)'}" + (f"\t{probs[tag]:.2%}" if tag else ""))
+        return 0
+    label, probs = predictions[0]
+    if config.problem_type == "regression":
+        print(f"predicted value: {label}")
+        return 0
+    print(f"label: {label}")
+    for name, prob in sorted(probs.items(), key=lambda item: -item[1])[:args.top_k]:
+        print(f"  {prob:7.2%}  {name}")
     return 0
 
 

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Fine-tune a pretrained Mini-BERT for sentence or token classification (or regression), on any backend.
+
+    python scripts/finetune.py          # the newest complete pretrained run under runs/ (make one with
+                                        # `python scripts/train.py`) on the built-in task: which standard-library
+                                        # package a docstring comes from; prints held-out accuracy beside the
+                                        # majority-class baseline
+    python scripts/finetune.py --from-scratch --config seed          # the same model, random weights
+    python scripts/finetune.py --freeze-encoder                      # a linear probe: only the head trains
+    python scripts/finetune.py --init-from runs/X --train train.tsv --eval dev.tsv --text-column sentence
+    python scripts/finetune.py --task token --train train.conll --eval dev.conll
+    python scripts/finetune.py --resume runs/ft-20261129-120000      # continue a stopped run exactly
+
+Files: sequence task .tsv (GLUE style, header row, unquoted), .csv (header row, standard quoting), .jsonl (one
+object a line); token task CoNLL (`word<TAB>tag` a line, blank line between sentences, --tag-column picks the
+column) or .jsonl with `tokens` and `tags` lists. Labels may be strings or integers; the label map is stored in
+the run's config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+
+from minibert.config import PRESETS
+from minibert.finetune import FinetuneSettings, finetune, resume_settings
+from minibert.loop import NonFiniteError
+from minibert.rundir import RunIOError
+
+DEFAULTS = FinetuneSettings()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d = DEFAULTS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--init-from", metavar="RUN_DIR|HF_DIR",
+                   help="a Mini-BERT run directory or a transformers BERT folder to start the encoder from "
+                        "(default: the newest complete pretrained run under runs/)")
+    p.add_argument("--from-scratch", action="store_true", help="random weights of --config instead")
+    p.add_argument("--config", help=f"model preset for --from-scratch: {', '.join(PRESETS)} (default {d.config})")
+    p.add_argument("--vocab-size", type=int,
+                   help=f"WordPiece vocabulary trained on the training texts, for --from-scratch "
+                        f"(default {d.vocab_size})")
+    p.add_argument("--task", help=f"sequence or token (default {d.task})")
+    p.add_argument("--train", metavar="FILE", help="training examples (default: the built-in task)")
+    p.add_argument("--eval", metavar="FILE", help="held-out examples (needed with --train)")
+    p.add_argument("--text-column", help="column of the text (default: 'sentence' or 'text')")
+    p.add_argument("--text-pair-column", help="column of the second text of sentence-pair tasks")
+    p.add_argument("--label-column", help=f"column of the label (default {d.label_column!r})")
+    p.add_argument("--tag-column", type=int, help="CoNLL column of the tags (default -1, the last)")
+    p.add_argument("--regression", action="store_true", help="numeric labels: one output, MSE loss")
+    p.add_argument("--epochs", type=int, help=f"passes over the training examples (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"examples per batch (default {d.batch_size})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps, then linear decay to 0 (default: 10%% of steps)")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {d.weight_decay})")
+    p.add_argument("--clip-norm", type=float, help=f"global gradient-norm clipping (default {d.clip_norm})")
+    p.add_argument("--max-len", type=int,
+                   help="tokens per example with [CLS]/[SEP]; longer texts are truncated and counted "
+                        "(default: 128, or the model's max_position if smaller)")
+    p.add_argument("--dropout", type=float, help=f"hidden, attention and classifier dropout (default {d.dropout})")
+    p.add_argument("--seed", type=int, help=f"seed for the new head, data order and dropout (default {d.seed})")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="a linear probe: the encoder stays as loaded, only the pooler and classifier train")
+    p.add_argument("--backend", help="array backend: numpy, jax, cupy, strict, torch "
+                   "(default: $MINIBERT_BACKEND, else numpy)")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default: once per epoch)")
+    p.add_argument("--save-every", type=int, help="write a checkpoint every N steps (default: once per epoch)")
+    p.add_argument("--keep-checkpoints", type=int, help=f"checkpoints kept (default {d.keep_checkpoints})")
+    p.add_argument("--dtype", help=f"float32 or float64 (default {d.dtype})")
+    p.add_argument("--out", help="run directory to create (default runs/<date-time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    p.add_argument("--resume-fallback", action="store_true",
+                   help="with --resume: if the latest checkpoint is corrupted, use the newest older one that verifies")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    given = vars(args)
+    if "resume" in given:
+        return resume_settings(given.pop("resume"), **given)
+    return dataclasses.replace(DEFAULTS, **given)
+
+
+class _Terminated(Exception):
+    """SIGTERM outside the training loop (which turns it into a checkpoint and a clean stop itself)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def main(argv=None) -> int:
+    """Exit status as scripts/train.py: 0 done; 2 bad input (a data file, a flag, an --init-from that is not a
+    BERT, a --resume that does not fit; nothing started, no run directory left); 1 non-finite loss or a failed
+    write during the run; 130 / 143 stopped by SIGINT / SIGTERM."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        settings = settings_from_args(parse_args(argv))
+        result = finetune(settings)
+    except (NonFiniteError, RunIOError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:   # DataFileError, CheckpointError: ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, _Terminated) as exc:
+        name = "SIGTERM" if isinstance(exc, _Terminated) or "SIGTERM" in str(exc) else "SIGINT"
+        print(f"{name}: stopped at once, without saving; checkpoints already written are intact (resume with "
+              "--resume DIR if the run had written one)", file=sys.stderr)
+        return 128 + signal.Signals[name].value
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if result.get("interrupted"):
+        return 128 + signal.Signals[result["interrupted"]].value
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
