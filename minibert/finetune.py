@@ -337,7 +337,9 @@ class FinetuneTask:
                  run_info: dict):
         self.settings, self.config, self.data, self.tokenizer, self.backend = settings, config, data, tokenizer, backend
         self.heldout = heldout
-        pad_to = max(len(ids) for ids in train.input_ids)       # one shape for every batch (compiled once on JAX)
+        # one length for every batch, so JAX compiles the step for at most two shapes (full batches and the
+        # smaller last batch of an epoch)
+        pad_to = max(len(ids) for ids in train.input_ids)
         self.train = FinetuneBatcher(train, settings.batch_size, settings.seed, pad_to=pad_to,
                                      pad_id=tokenizer.pad_id)
         self.tokens_per_batch = settings.batch_size * pad_to
