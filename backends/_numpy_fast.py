@@ -1,0 +1,131 @@
+"""Faster NumPy implementations of whole ops, beside the array-API reference in `minibert.ops`.
+
+Why: NumPy runs every elementwise operation as one pass over memory into a fresh temporary, on one core, while
+BLAS uses all of them. The exact GELU of the FFN ([B*T, 4H], 16 MB per array at mini B32 T128) makes about ten
+such passes forward and seven backward. Here the same arithmetic, in the same order, runs on cache-sized
+pieces of the flat arrays (the temporaries stay in cache and are reused in place), and the pieces are shared
+between threads: NumPy releases the GIL inside its loops, so the threads run on different cores.
+
+The results are the reference's to float32 rounding (tests/test_fast_ops.py checks each against
+`minibert.ops` with the fast ops switched off); the pieces and their assignment to threads are fixed, so a
+step stays deterministic (bit-exact resume). `MINIBERT_REFERENCE_OPS=1` in the environment turns them off
+(the numpy backend then runs the array-API reference like every other backend).
+
+Ops (the names `minibert.ops` looks up in `backend.fast_ops`):
+    gelu_forward(x) -> (y, cdf)              y = x * cdf,  cdf = (1 + erf(x / sqrt 2)) / 2
+    gelu_backward(dy, x, cdf) -> dx          dx = dy * (cdf + x * exp(-x^2 / 2) / sqrt(2 pi))
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from backends import _erf
+
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+PIECE = 1 << 15          # elements per piece: 128 KB of float32, a few live at once per thread stay in L2
+MIN_PARALLEL = 1 << 17   # arrays smaller than this run on the calling thread alone (thread hand-off costs more)
+
+
+def _threads() -> int:
+    """Cores to use: those this process may run on, capped by OMP_NUM_THREADS / OPENBLAS_NUM_THREADS when set
+    (so a run pinned to one thread stays on one)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            count = min(count, int(value))
+    return max(1, count)
+
+
+class PiecewisePool:
+    """Runs work(lo, hi) over [0, n) in PIECE-sized ranges; thread t gets a fixed contiguous block of them."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minibert-fast") if threads > 1 else None
+
+    def run(self, work, n: int) -> None:
+        if self._pool is None or n < MIN_PARALLEL:
+            _pieces(work, 0, n)
+            return
+        bounds = [n * t // self.threads // PIECE * PIECE for t in range(self.threads)] + [n]
+        futures = [self._pool.submit(_pieces, work, bounds[t], bounds[t + 1]) for t in range(1, self.threads)]
+        _pieces(work, bounds[0], bounds[1])
+        for future in futures:
+            future.result()
+
+
+def _pieces(work, lo: int, hi: int) -> None:
+    for start in range(lo, hi, PIECE):
+        work(start, min(start + PIECE, hi))
+
+
+def _flat(a):
+    """A C-contiguous array's flat view (a copy only for another layout, which the model does not make)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+class FastOps(Mapping):
+    """The numpy backend's `fast_ops`: a read-only mapping of op name -> implementation, sharing one thread
+    pool of `threads` (default: the usable cores, capped by OMP_NUM_THREADS / OPENBLAS_NUM_THREADS)."""
+
+    def __init__(self, threads: int | None = None):
+        self.pool = PiecewisePool(threads or _threads())
+        self._ops = {"gelu_forward": self.gelu_forward, "gelu_backward": self.gelu_backward}
+
+    def __getitem__(self, name):
+        return self._ops[name]
+
+    def __iter__(self):
+        return iter(self._ops)
+
+    def __len__(self):
+        return len(self._ops)
+
+    def gelu_forward(self, x):
+        """Exact GELU: (y = x * cdf, cdf = 0.5 * (1 + erf(x * sqrt(1/2)))), each piece computed as the reference
+        computes the whole array (same operations, same order)."""
+        x_flat = _flat(x)
+        y, cdf = np.empty_like(x_flat), np.empty_like(x_flat)
+
+        def work(lo, hi):
+            xs, c = x_flat[lo:hi], cdf[lo:hi]
+            np.multiply(xs, SQRT_HALF, out=c)
+            c[...] = _erf.erf(c)
+            c += 1.0
+            c *= 0.5
+            np.multiply(xs, c, out=y[lo:hi])
+
+        self.pool.run(work, x_flat.shape[0])
+        return y.reshape(x.shape), cdf.reshape(x.shape)
+
+    def gelu_backward(self, dy, x, cdf):
+        """dx = dy * (cdf + x * (exp(-0.5 * x * x) / sqrt(2 pi))), in place on one buffer per piece."""
+        dy_flat, x_flat, cdf_flat = _flat(dy), _flat(x), _flat(cdf)
+        dx = np.empty_like(dy_flat)
+
+        def work(lo, hi):
+            xs, out = x_flat[lo:hi], dx[lo:hi]
+            np.multiply(xs, -0.5, out=out)
+            out *= xs
+            np.exp(out, out=out)
+            out *= INV_SQRT_2PI
+            out *= xs
+            out += cdf_flat[lo:hi]
+            out *= dy_flat[lo:hi]
+
+        self.pool.run(work, dy_flat.shape[0])
+        return dx.reshape(dy.shape)
+
+
+def create_fast_ops():
+    """The numpy backend's fast ops, or an empty mapping when MINIBERT_REFERENCE_OPS=1."""
+    if os.environ.get("MINIBERT_REFERENCE_OPS", "") not in ("", "0"):
+        return {}
+    return FastOps()
