@@ -91,7 +91,7 @@ class MinibertRunner(Runner):
         self.np = np
 
     def info(self) -> dict:
-        out = self.be.describe()
+        out = {**self.be.describe(), "fast_ops": sorted(self.be.fast_ops)}
         if self.spec["gpu"]:
             out["tf32"] = self.spec["tf32"]
         return out
