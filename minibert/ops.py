@@ -129,22 +129,31 @@ def gelu_backward(dy, cache: GeluCache):
 
 class SoftmaxCache(NamedTuple):
     probs: Any      # p [..., K]
+    backend: Any    # its fast_ops may hold a faster backward (None: the reference)
 
 
-def softmax_forward(scores):
+def softmax_forward(scores, backend=None):
     """p = exp(s - max(s)) / sum(exp(s - max(s))) over the last axis (subtracting the max keeps exp <= 1,
-    so scores of any size stay finite). scores [..., K] -> p [..., K]; cache p."""
+    so scores of any size stay finite). scores [..., K] -> p [..., K]; cache (p, backend).
+    A `backend` with `fast_ops["softmax_forward"]` computes it with that (same formula; backends/_numpy_fast.py)."""
+    fast = None if backend is None else backend.fast_ops.get("softmax_forward")
+    if fast is not None:
+        p = fast(scores)
+        return p, SoftmaxCache(probs=p, backend=backend)
     xp = array_namespace(scores)
     e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
     p = e / xp.sum(e, axis=-1, keepdims=True)
-    return p, SoftmaxCache(probs=p)
+    return p, SoftmaxCache(probs=p, backend=backend)
 
 
 def softmax_backward(dp, cache: SoftmaxCache):
     """ds_j = p_j (dp_j - sum_k dp_k p_k)   (the Jacobian diag(p) - p p^T applied to dp).
-    dp [..., K] -> (ds [..., K], {})."""
-    xp = array_namespace(dp)
+    dp [..., K] -> (ds [..., K], {}); through the backend's fast_ops["softmax_backward"] where it has one."""
     p = cache.probs
+    fast = None if cache.backend is None else cache.backend.fast_ops.get("softmax_backward")
+    if fast is not None:
+        return fast(dp, p), {}
+    xp = array_namespace(dp)
     return p * (dp - xp.sum(dp * p, axis=-1, keepdims=True)), {}
 
 

@@ -41,7 +41,7 @@ def test_numpy_has_fast_gelu_and_other_backends_run_the_reference():
     if os.environ.get("MINIBERT_REFERENCE_OPS", "") not in ("", "0"):
         assert not numpy_.fast_ops
     else:
-        assert "gelu_forward" in numpy_.fast_ops and "gelu_backward" in numpy_.fast_ops
+        assert set(numpy_.fast_ops) == {"gelu_forward", "gelu_backward", "softmax_forward", "softmax_backward"}
     for name in backends.available():
         if name != "numpy":
             assert not backends.get_backend(name).fast_ops, name
@@ -77,15 +77,47 @@ def test_fast_gelu_equals_the_reference(shape, dtype):
             np.testing.assert_array_equal(dx, dx_ref)
 
 
-def test_fast_gelu_is_deterministic_and_thread_count_free():
+@pytest.mark.parametrize("shape", [(2, 3, 5), (3, 7, 300, 33), (32, 4, 16, 128)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fast_softmax_equals_the_reference(shape, dtype):
+    """Attention-like scores, with large values and a fully masked row (every score at the dtype's most
+    negative finite number, which must come out uniform): p and the backward ds equal the reference's."""
+    candidates = _with_fast_ops()
+    if not candidates:
+        pytest.skip("no backend has fast ops here (MINIBERT_REFERENCE_OPS=1?)")
+    rng = np.random.default_rng(sum(shape))
+    s_host = rng.standard_normal(shape) * 30.0
+    s_host[..., 1, :] = np.finfo(dtype).min
+    dp_host = rng.standard_normal(shape)
+    for be in candidates:
+        plain = _reference(be)
+        s, dp = be.asarray(s_host, dtype=dtype), be.asarray(dp_host, dtype=dtype)
+        p, cache = ops.softmax_forward(s, be)
+        p_ref, cache_ref = ops.softmax_forward(s, plain)
+        tol = 4 * float(np.finfo(dtype).eps)
+        assert_close(p, p_ref, rtol=tol, atol=tol, name=f"{be.name} softmax p")
+        assert_close(p[..., 1, :], np.full(p[..., 1, :].shape, 1.0 / shape[-1]), rtol=tol, atol=0, check_dtype=False,
+                     name="fully masked row")
+        ds, grads = ops.softmax_backward(dp, cache)
+        ds_ref, _ = ops.softmax_backward(dp, cache_ref)
+        assert grads == {}
+        assert_close(ds, ds_ref, rtol=tol, atol=tol, name=f"{be.name} softmax ds")
+        if be.name == "numpy":
+            np.testing.assert_array_equal(p, p_ref)
+            np.testing.assert_array_equal(ds, ds_ref)
+
+
+def test_fast_ops_are_deterministic_and_thread_count_free():
     """The pieces are fixed, so 1, 2 or 3 threads give the same bits (resume stays bit-exact)."""
     x = np.random.default_rng(0).standard_normal((5, 70_001)).astype(np.float32)
-    dy = np.ones_like(x)
+    dy = np.ones_like(x) * 0.5
+    scores = x[:, :70_000].reshape(50, 70, 100)                 # [5, 70000] -> [50, 70, 100] (a copy)
     results = []
     for threads in (1, 2, 3):
         fast = _numpy_fast.FastOps(threads)
         y, cdf = fast.gelu_forward(x)
-        results.append((y, cdf, fast.gelu_backward(dy, x, cdf)))
+        p = fast.softmax_forward(scores)
+        results.append((y, cdf, fast.gelu_backward(dy, x, cdf), p, fast.softmax_backward(scores, p)))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
@@ -116,8 +148,33 @@ def test_reference_ops_environment_switch():
     """MINIBERT_REFERENCE_OPS=1 gives the numpy backend no fast ops (it then runs the reference, as every other
     backend); unset, it has them."""
     code = "import backends; print(sorted(backends.get_backend('numpy').fast_ops))"
-    for value, expected in (("1", "[]"), ("0", "['gelu_backward', 'gelu_forward']")):
+    every = "['gelu_backward', 'gelu_forward', 'softmax_backward', 'softmax_forward']"
+    for value, expected in (("1", "[]"), ("0", every)):
         out = subprocess.run([sys.executable, "-c", code], env=child_env(MINIBERT_REFERENCE_OPS=value),
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip() == expected
+
+
+FORK_CHILD = """
+import os, sys
+import numpy as np
+from backends import _numpy_fast
+fast = _numpy_fast.FastOps(2)
+x = np.linspace(-3, 3, 300_000, dtype=np.float32)
+expected = fast.gelu_forward(x)[0]          # the helper thread is running now
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if np.array_equal(fast.gelu_forward(x)[0], expected) else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fast_ops_work_in_a_forked_child():
+    """A child forked after the helper threads started (e.g. a data-loading worker) starts its own and gets the
+    same result (in a fresh interpreter that has imported no threaded library but NumPy)."""
+    out = subprocess.run([sys.executable, "-c", FORK_CHILD], env=child_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
