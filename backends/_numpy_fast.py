@@ -2,13 +2,14 @@
 
 Why: NumPy runs every elementwise operation as one pass over memory into a fresh temporary, on one core, while
 BLAS uses all of them. The exact GELU of the FFN ([B*T, 4H], 16 MB per array at mini B32 T128) makes about ten
-such passes forward and seven backward. Here the same arithmetic, in the same order, runs on cache-sized
-pieces of the flat arrays (the temporaries stay in cache and are reused in place), and the pieces are shared
-between threads: NumPy releases the GIL inside its loops, so the threads run on different cores.
+such passes forward and seven backward, attention's softmax five over its [B, A, T, T] scores. Here the same
+arithmetic, in the same order, runs on cache-sized pieces of the flat arrays (rows, for the softmax; the
+temporaries stay in cache and are reused in place), and the pieces are shared between threads: NumPy releases
+the GIL inside its loops, so the threads run on different cores.
 
-The results are the reference's to float32 rounding (tests/test_fast_ops.py checks each against
-`minibert.ops` with the fast ops switched off); the pieces and their assignment to threads are fixed, so a
-step stays deterministic (bit-exact resume). `MINIBERT_REFERENCE_OPS=1` in the environment turns them off
+The results equal the reference's to the last bit (tests/test_fast_ops.py checks each against `minibert.ops`
+with the fast ops switched off, float32 and float64); the pieces do not depend on the thread count, so a step
+stays deterministic (bit-exact resume). `MINIBERT_REFERENCE_OPS=1` in the environment turns them off
 (the numpy backend then runs the array-API reference like every other backend).
 
 Ops (the names `minibert.ops` looks up in `backend.fast_ops`):
