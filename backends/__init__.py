@@ -15,7 +15,7 @@ from typing import Callable
 from backends.base import Backend, BackendUnavailableError
 
 __all__ = ["Backend", "BackendUnavailableError", "ENV_VAR", "DEFAULT_BACKEND",
-           "get_backend", "register", "registered", "available", "on_replace"]
+           "get_backend", "register", "registered", "available", "on_replace", "initialize_distributed"]
 
 ENV_VAR = "MINIBERT_BACKEND"
 DEFAULT_BACKEND = "numpy"
@@ -77,6 +77,25 @@ def available() -> list[str]:
             continue
         names.append(name)
     return names
+
+
+def initialize_distributed(name: str | None = None, **options) -> tuple[int, int]:
+    """Join a multi-process run before backend `name` (else $MINIBERT_BACKEND, else "numpy") is created; returns
+    (this process's index, the process count). Only JAX can (`backends.jax_backend.initialize_distributed`, whose
+    keyword arguments `options` are); any other backend raises ValueError naming JAX as the route."""
+    name = name or os.environ.get(ENV_VAR) or DEFAULT_BACKEND
+    if name != "jax":
+        raise ValueError(f"multi-process training (--distributed, --coordinator) uses JAX's distributed runtime: "
+                         f"--backend jax; backend {name!r} runs in one process")
+    if name in _instances:
+        raise RuntimeError("initialize_distributed must come before the JAX backend is created")
+    try:
+        module = importlib.import_module("backends.jax_backend")
+        import jax  # noqa: F401  (installed?)
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend 'jax' needs JAX, which is not installed ({exc}); install it "
+                                      "with: pip install -e '.[jax]'") from None
+    return module.initialize_distributed(**options)
 
 
 for _name in ("numpy", "jax", "cupy", "strict", "torch"):

@@ -21,7 +21,7 @@ class Backend:
                pad the MLM head's rows to a few bucket sizes; elsewhere they keep the exact count.
       supports_float64: whether float64 arrays can be made here.
       on_gpu: whether arrays live on a GPU (so timings need `synchronize` and memory is the device's).
-
+      data_shards: devices a training batch is split over by rows (1: one device; see `data_parallel`).
       fast_ops: faster implementations of whole ops, by name, that `minibert.ops` uses instead of its array-API
                reference where present (e.g. "gelu_forward", "gelu_backward"; see backends/_numpy_fast.py).
                Empty by default: the reference runs everywhere else. Each is tested equal to the reference
@@ -38,6 +38,7 @@ class Backend:
     static_shapes: bool = False
     supports_float64: bool = True
     on_gpu: bool = False
+    data_shards: int = 1
     fast_ops: Any = {}          # op name -> implementation; read-only here, a backend sets its own
 
     # -- host <-> device ----------------------------------------------------------------------
@@ -120,6 +121,18 @@ class Backend:
     def track_peak_memory(self) -> "PeakMemory":
         """A context manager measuring the peak device bytes in use while it is open (see PeakMemory)."""
         return PeakMemory()
+    # -- data parallelism ----------------------------------------------------------------------------
+    def data_parallel(self, devices):
+        """This backend over several devices (`devices`: an int or "all"): batches split by rows, parameters
+        replicated, one compiled step. Only the JAX backend can (its sharding); others raise ValueError."""
+        raise ValueError(f"--devices {devices}: backend {self.name!r} runs on one device; data-parallel training "
+                         "over several devices or processes uses JAX's sharding: --backend jax "
+                         "(pip install -e '.[jax]')")
+
+    def shard_rows(self, host_array, dtype=None):
+        """A host array [R, ...] on the device(s), split by rows over the `data_shards` devices (device d holds
+        rows [d*R/n, (d+1)*R/n)); on one device the same as `asarray`."""
+        return self.asarray(host_array, dtype)
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} device={self.device}>"

@@ -1,6 +1,9 @@
 """JAX on its default device (CPU or GPU); arrays are immutable, the training step is compiled with jax.jit."""
 from __future__ import annotations
 
+import socket
+import time
+
 import numpy as np
 
 from backends.base import Backend, BackendUnavailableError, PeakMemory
@@ -17,7 +20,7 @@ class JaxBackend(Backend):
     def __init__(self, jax):
         self._jax = jax
         self.xp = jax.numpy
-        self.device = jax.devices()[0]
+        self.device = jax.local_devices()[0]      # this process's first device (jax.devices()[0] on one host)
         self.on_gpu = self.device.platform == "gpu"
         if self.on_gpu:
             # float32 matmuls on NVIDIA GPUs default to TF32 in XLA (10-bit mantissa); ask for true float32,
@@ -82,6 +85,29 @@ class JaxBackend(Backend):
     def track_peak_memory(self) -> PeakMemory:
         return _JaxPeakMemory(self.device)
 
+    def data_parallel(self, devices):
+        """This backend over `devices` (an int, or "all") of every process's devices: a `ShardedJaxBackend`.
+        Several processes (`initialize_distributed`) each give devices // processes of their own devices."""
+        jax = self._jax
+        present = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+        processes = jax.process_count()
+        where = (f"{len(present)} {self.device.platform} device{'s' if len(present) != 1 else ''} present"
+                 + (f" over {processes} processes" if processes > 1 else ""))
+        count = len(present) if devices == "all" else devices
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"--devices must be a positive int or 'all', got {devices!r}")
+        if count > len(present):
+            raise ValueError(f"--devices {count}: only {where}; allowed: 1..{len(present)}, or all"
+                             + ("" if self.device.platform != "cpu" else
+                                " (CPU devices: set XLA_FLAGS=--xla_force_host_platform_device_count=N or "
+                                "JAX_NUM_CPU_DEVICES=N before JAX starts)"))
+        if count % processes:
+            raise ValueError(f"--devices {count} cannot be split evenly over {processes} processes ({where}); "
+                             f"use a multiple of {processes}")
+        per_process = count // processes
+        chosen = [d for p in range(processes) for d in [d for d in present if d.process_index == p][:per_process]]
+        return ShardedJaxBackend(jax, chosen)
+
 
 class _JaxPeakMemory(PeakMemory):
     """XLA's allocator statistic `peak_bytes_in_use` (bytes held by live buffers, not the allocator's reserve).
@@ -98,6 +124,86 @@ class _JaxPeakMemory(PeakMemory):
         return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
 
 
+class ShardedJaxBackend(JaxBackend):
+    """JAX data-parallel over a 1-D device mesh with one axis, "data" (automatic partitioning, GSPMD).
+
+    Arrays made by `asarray` (parameters, optimizer state, evaluation batches) are replicated on every device;
+    `shard_rows` splits a training batch by rows, device d holding rows [d*B/N, (d+1)*B/N). `jit` compiles one
+    program for the whole mesh with every output replicated: XLA's SPMD partitioner runs each device on its rows
+    and inserts the collectives the math needs, above all the all-reduce that sums each parameter's gradient
+    over the devices (docs/guide/12-data-parallel-training.md). Random numbers are JAX's partitionable threefry:
+    a [B*T, H] dropout mask is the same whichever device draws which rows, so masks do not depend on N.
+    Across processes (`initialize_distributed`) the mesh lists process 0's devices first, then process 1's...,
+    so each process holds a contiguous block of every batch and moves only those rows to its devices.
+    """
+
+    def __init__(self, jax, devices: list):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        super().__init__(jax)
+        self.mesh = Mesh(np.array(devices), ("data",))
+        self.data_shards = len(devices)
+        self.device = NamedSharding(self.mesh, PartitionSpec())               # replicated
+        self._rows = NamedSharding(self.mesh, PartitionSpec("data"))          # split along axis 0
+
+    def _place(self, host_array, sharding):
+        # each process fills only its own devices' blocks from the (global) host array
+        return self._jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])
+
+    def asarray(self, host_array, dtype=None):
+        dtype = None if dtype is None else self.dtype(dtype)
+        return self._place(np.asarray(host_array, dtype=dtype), self.device)
+
+    def shard_rows(self, host_array, dtype=None):
+        dtype = None if dtype is None else self.dtype(dtype)
+        return self._place(np.asarray(host_array, dtype=dtype), self._rows)
+
+    def to_numpy(self, x):
+        if getattr(x, "is_fully_addressable", True):
+            return np.asarray(x)
+        if x.is_fully_replicated:                 # another process's devices hold the same values
+            return np.asarray(x.addressable_data(0))
+        raise ValueError("to_numpy: a sharded array spread over several processes has no local copy")
+
+    def key(self, seed: int):
+        jax = self._jax
+        data = np.asarray(jax.random.key_data(jax.random.key(int(seed))))
+        return jax.random.wrap_key_data(self.asarray(data))
+
+    def jit(self, fn, **kwargs):
+        return self._jax.jit(fn, out_shardings=self.device, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Backend jax data-parallel over {self.data_shards} devices: {list(self.mesh.devices)}>"
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, timeout_s: int = 300) -> tuple[int, int]:
+    """Join a multi-process JAX run (jax.distributed.initialize) before any JAX computation; returns
+    (process index, process count). With no arguments JAX detects the cluster (Slurm, Open MPI, ...).
+    On CPU the collectives go through gloo. Fails with RuntimeError after `timeout_s` if the coordinator (or
+    another process) does not answer."""
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")   # the default in JAX 0.10; older: none
+    if coordinator is not None:
+        # JAX's client aborts the whole process (SIGABRT, no Python exception) when it cannot register in time,
+        # so what can be checked is checked first: process 0 must be able to open the port, the others must
+        # reach it within the timeout
+        host, port = coordinator.rsplit(":", 1)
+        if process_id == 0:
+            _check_port_free(coordinator, int(port))
+        else:
+            _wait_for_coordinator(host, int(port), timeout_s)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=int(timeout_s))
+    except Exception as exc:          # XlaRuntimeError (timeouts, refused connections), ValueError (no cluster)
+        where = (f"coordinator {coordinator} as process {process_id} of {num_processes}" if coordinator else
+                 "the auto-detected cluster (Slurm, Open MPI, ...)")
+        raise RuntimeError(f"multi-process start-up failed joining {where} within --init-timeout={timeout_s}s: "
+                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    return jax.process_index(), jax.process_count()
+
+
 def create() -> Backend:
     try:
         import jax
@@ -105,3 +211,27 @@ def create() -> Backend:
         raise BackendUnavailableError(
             f"backend 'jax' needs JAX, which is not installed ({exc}); install it with: {INSTALL_HINT}") from None
     return JaxBackend(jax)
+
+
+def _check_port_free(coordinator: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError as exc:
+            raise RuntimeError(f"--coordinator {coordinator}: process 0 cannot serve on port {port} ({exc}); "
+                               "choose a free port") from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
+    """Return once something listens at host:port; RuntimeError if nothing does within `timeout_s`."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=min(2.0, timeout_s)):
+                return
+        except OSError as exc:
+            last = exc
+            time.sleep(0.25)
+    raise RuntimeError(f"multi-process start-up: the coordinator {host}:{port} did not answer within "
+                       f"--init-timeout={timeout_s}s ({last}); start process 0 first (--process-id 0) on that host, "
+                       "and check the address and that the port is reachable")

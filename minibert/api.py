@@ -38,12 +38,30 @@ def compiled(fn, config: BertConfig, backend):
     return per_backend[(fn, config)]
 
 
-def mlm_logits(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig, backend):
-    """Masked-LM logits at every position, [B, T, V], as a backend array (eval mode: no dropout)."""
+def logits_for_host_inputs(fn, params, input_ids, attention_mask, token_type_ids, *, config: BertConfig, backend):
+    """Host inputs checked (`check_inputs`, `check_params`) before any device work, moved to the backend, then the
+    compiled `fn(params, input_ids, attention_mask, token_type_ids)`: the public logits functions share this."""
     host = check_inputs(input_ids, attention_mask, token_type_ids, config, backend)
     check_params(params, config)
     input_ids, attention_mask, token_type_ids = (backend.asarray(a) for a in host)
-    return compiled(logits_all, config, backend)(params, input_ids, attention_mask, token_type_ids)
+    return compiled(fn, config, backend)(params, input_ids, attention_mask, token_type_ids)
+
+
+def loss_and_grads_for_host_batch(fn, params, checked, to_device, *, config: BertConfig, backend,
+                                  dropout_seed: int | None):
+    """A checked host batch -> `to_device(checked, backend, dtype)` -> the compiled `fn(params, arrays, key)`;
+    (loss as a Python float, gradients). The public loss-and-gradient functions share this."""
+    check_params(params, config)
+    arrays = to_device(checked, backend, params["embeddings.word"].dtype)
+    key = None if dropout_seed is None else backend.key(dropout_seed)
+    loss, grads = compiled(fn, config, backend)(params, arrays, key)
+    return float(backend.to_numpy(loss)), grads
+
+
+def mlm_logits(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig, backend):
+    """Masked-LM logits at every position, [B, T, V], as a backend array (eval mode: no dropout)."""
+    return logits_for_host_inputs(logits_all, params, input_ids, attention_mask, token_type_ids, config=config,
+                                  backend=backend)
 
 
 def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None):
@@ -52,9 +70,5 @@ def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: 
     batch: dict of host int arrays input_ids, attention_mask, token_type_ids, labels (`IGNORE_LABEL` = -100:
     ignored). Dropout (config.hidden_dropout, config.attention_dropout) runs only when `dropout_seed` is given.
     """
-    checked = check_batch(batch, config, backend)
-    check_params(params, config)
-    arrays = device_batch(checked, backend, params["embeddings.word"].dtype)
-    key = None if dropout_seed is None else backend.key(dropout_seed)
-    loss, grads = compiled(forward_backward, config, backend)(params, arrays, key)
-    return float(backend.to_numpy(loss)), grads
+    return loss_and_grads_for_host_batch(forward_backward, params, check_batch(batch, config, backend), device_batch,
+                                         config=config, backend=backend, dropout_seed=dropout_seed)

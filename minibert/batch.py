@@ -175,17 +175,31 @@ def device_batches(batches: list, backend, dtype) -> list[DeviceBatch]:
     The row-padding policy, decided here only: on a backend with `static_shapes` (JAX, which compiles once per
     input shape) every batch of the group gets the largest `padded_count` of its labelled rows, so the step sees
     one shape per step and few shapes in all; eager backends keep each batch's exact count (no wasted rows).
+
+    On a backend split over n = `backend.data_shards` devices, a batch of B rows (B divisible by n) goes to the
+    devices by rows, device d holding rows [d*B/n, (d+1)*B/n) of every array, the labelled rows too: each
+    device's block of `positions`/`targets`/`weights` holds the labels of its own B/n rows, padded to the largest
+    `padded_count` over every device and batch of the group, so all blocks have one shape. `positions` stay
+    global flat indices into the B*T tokens (the program is written for the whole batch), block d's padding
+    rows pointing at its first token d*(B/n)*T with weight 0. A batch whose rows do not divide by n (a last
+    held-out batch) is replicated on every device instead.
     """
-    rows = (max(padded_count(int(np.sum(b["labels"] != IGNORE_LABEL))) for b in batches)
+    shards = backend.data_shards
+    split = [len(b["labels"]) % shards == 0 for b in batches]
+    pieces = [np.split(b["labels"], shards if s else 1) for b, s in zip(batches, split)]   # [B, T] -> n x [B/n, T]
+    rows = (max(padded_count(int(np.sum(block != IGNORE_LABEL))) for blocks in pieces for block in blocks)
             if backend.static_shapes else None)
     arrays = []
-    for batch in batches:
-        positions, targets, weights = labelled_rows(batch["labels"], rows)
-        arrays.append(DeviceBatch(input_ids=backend.asarray(batch["input_ids"]),
-                                  attention_mask=backend.asarray(batch["attention_mask"]),
-                                  token_type_ids=backend.asarray(batch["token_type_ids"]),
-                                  positions=backend.asarray(positions), targets=backend.asarray(targets),
-                                  weights=backend.asarray(weights, dtype=dtype)))
+    for batch, blocks, by_rows in zip(batches, pieces, split):
+        tokens = blocks[0].size
+        rows_of = [labelled_rows(block, rows) for block in blocks]
+        positions = np.concatenate([p + d * tokens for d, (p, _, _) in enumerate(rows_of)]).astype(np.int32)
+        targets = np.concatenate([t for _, t, _ in rows_of])
+        weights = np.concatenate([w for _, _, w in rows_of])
+        put = backend.shard_rows if by_rows else backend.asarray
+        arrays.append(DeviceBatch(input_ids=put(batch["input_ids"]), attention_mask=put(batch["attention_mask"]),
+                                  token_type_ids=put(batch["token_type_ids"]), positions=put(positions),
+                                  targets=put(targets), weights=put(weights, dtype=dtype)))
     return arrays
 
 

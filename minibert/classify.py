@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from array_api_compat import array_namespace
 
-from minibert.api import compiled
-from minibert.batch import check_batch_inputs, check_inputs, check_params, host_ints
+from minibert.api import logits_for_host_inputs, loss_and_grads_for_host_batch
+from minibert.batch import check_batch_inputs, host_ints
 from minibert.config import IGNORE_LABEL, BertConfig
 from minibert.heads import (mse_backward, mse_forward, sequence_head_backward, sequence_head_forward,
                             token_head_backward, token_head_forward)
@@ -53,15 +53,17 @@ def _head_forward(params, hidden, batch, seq, config: BertConfig, backend, key):
     return token_head_forward(params, hidden, rate, head_key, backend)
 
 
-def _loss_forward(logits, arrays, config: BertConfig, backend):
+def _loss_forward(logits, arrays, config: BertConfig, backend, normaliser=None):
     if config.problem_type == "regression":
-        return mse_forward(logits, arrays.targets, arrays.weights)
-    return cross_entropy_forward(logits, arrays.targets, arrays.weights, backend)
+        return mse_forward(logits, arrays.targets, arrays.weights, normaliser)
+    return cross_entropy_forward(logits, arrays.targets, arrays.weights, backend, normaliser)
 
 
-def classify_forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
+def classify_forward_backward(params, arrays, key=None, normaliser=None, *, config: BertConfig, backend):
     """Loss (0-d array) and every gradient (named like `params`) for one device batch
-    (`classify_device_batch`); `key` a backend random key for dropout, or None for none.
+    (`classify_device_batch`); `key` a backend random key for dropout, or None for none. The loss is the sum
+    over labelled rows divided by `normaliser` (the labelled rows of the whole training step, counted by
+    `minibert.model.label_count`), or by this batch's own count when None: the batch mean.
 
     Backward: dLoss/dlogits from the loss, back through the head to d hidden [B*T, H] (the sequence head
     feeds only the [CLS] rows, so the other rows get 0), then through the encoder.
@@ -70,7 +72,7 @@ def classify_forward_backward(params, arrays, key=None, *, config: BertConfig, b
     hidden, encoder_cache = encoder_forward(params, arrays.input_ids, arrays.token_type_ids, arrays.attention_mask,
                                             config, backend, key)
     logits, head_cache = _head_forward(params, hidden, batch, seq, config, backend, key)
-    loss, loss_cache = _loss_forward(logits, arrays, config, backend)
+    loss, loss_cache = _loss_forward(logits, arrays, config, backend, normaliser)
     if config.problem_type == "regression":
         d_logits, _ = mse_backward(1.0, loss_cache)
     else:
@@ -196,10 +198,8 @@ def classify_logits(params, input_ids, attention_mask=None, token_type_ids=None,
     """Classification logits (eval mode: no dropout), a backend array: [B, num_labels] for config.task
     "sequence", [B, T, num_labels] for "token"."""
     _require_classifier(config)
-    host = check_inputs(input_ids, attention_mask, token_type_ids, config, backend)
-    check_params(params, config)
-    input_ids, attention_mask, token_type_ids = (backend.asarray(a) for a in host)
-    return compiled(classify_logits_all, config, backend)(params, input_ids, attention_mask, token_type_ids)
+    return logits_for_host_inputs(classify_logits_all, params, input_ids, attention_mask, token_type_ids,
+                                  config=config, backend=backend)
 
 
 def classify_loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None):
@@ -210,9 +210,6 @@ def classify_loss_and_grads(params, batch, *, config: BertConfig, backend, dropo
     Dropout (encoder, and config.classifier_dropout_rate before the classifier) runs only when `dropout_seed`
     is given.
     """
-    checked = check_classify_batch(batch, config, backend)
-    check_params(params, config)
-    arrays = classify_device_batch(checked, backend, params["embeddings.word"].dtype)
-    key = None if dropout_seed is None else backend.key(dropout_seed)
-    loss, grads = compiled(classify_forward_backward, config, backend)(params, arrays, key)
-    return float(backend.to_numpy(loss)), grads
+    return loss_and_grads_for_host_batch(classify_forward_backward, params, check_classify_batch(batch, config, backend),
+                                         classify_device_batch, config=config, backend=backend,
+                                         dropout_seed=dropout_seed)

@@ -119,21 +119,22 @@ def token_head_backward(d_logits, cache: ClassifierCache):
 
 class MseCache(NamedTuple):
     diff: Any            # z - y [N]
-    norm_weights: Any    # w / sum(w) [N]
+    norm_weights: Any    # w / D [N]
 
 
-def mse_forward(logits, targets, weights):
-    """loss = sum_n w_n (z_n - y_n)^2 / sum_n w_n   (transformers' MSELoss over the labelled rows).
+def mse_forward(logits, targets, weights, normaliser=None):
+    """loss = sum_n w_n (z_n - y_n)^2 / D,  D = normaliser, or sum_n w_n when None (transformers' MSELoss over
+    the labelled rows; a step over several micro-batches or devices passes D = the rows of the whole step).
 
     logits z [N, 1] (num_labels == 1), targets y [N] float, weights w [N] (0 for rows without a label)."""
     xp = array_namespace(logits)
     diff = xp.reshape(logits, (-1,)) - targets                 # [N, 1] -> [N]
-    norm_weights = weights / xp.sum(weights)
+    norm_weights = weights / (xp.sum(weights) if normaliser is None else normaliser)
     return xp.sum(norm_weights * diff * diff), MseCache(diff=diff, norm_weights=norm_weights)
 
 
 def mse_backward(d_loss, cache: MseCache):
-    """dz_n = d_loss * 2 w_n (z_n - y_n) / sum(w)   -> (dz [N, 1], {})."""
+    """dz_n = d_loss * 2 w_n (z_n - y_n) / D   -> (dz [N, 1], {})."""
     d_logits = d_loss * 2.0 * cache.norm_weights * cache.diff
     return d_logits[:, None], {}                               # [N] -> [N, 1]
 

@@ -33,9 +33,17 @@ class Task(Protocol):
     def initial_params(self) -> dict[str, np.ndarray]:
         """A fresh run's parameters as host arrays (the loop casts them to its dtype)."""
 
-    def forward_backward(self, params, arrays, key) -> tuple:
+    def forward_backward(self, params, arrays, key, normaliser) -> tuple:
         """(loss as a 0-d array, grads named like params) for one micro-batch of device arrays; pure array code
-        (the loop compiles it into the step where the backend can). key: a dropout key, or None."""
+        (the loop compiles it into the step where the backend can). key: a dropout key, or None.
+        loss = (sum of the micro-batch's per-item losses) / normaliser, where normaliser (a 0-d array) is the sum
+        of `label_count` over every micro-batch of the step (on every device): the step sums these losses and
+        their gradients, so the step's loss is the mean over all its labelled items (`minibert.step`);
+        normaliser=None must give the micro-batch's own mean (what evaluation and `loss_and_grads` report)."""
+
+    def label_count(self, arrays):
+        """The labelled items of one micro-batch as a 0-d float array on the device (MLM: labelled tokens; a
+        classification head: labels that are not ignored; regression: rows), padding excluded."""
 
     def train_batches(self, count: int) -> list:
         """The next `count` micro-batches of one step, as device arrays with one shape."""
@@ -105,7 +113,8 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
     """Train `task` from `run`'s checkpoint (or from the start) to `loop.steps`; returns the final metrics, or
     {"step", "interrupted", "run_dir"} after SIGINT/SIGTERM (a checkpoint written first)."""
     params, state, start, skipped = _begin(task, run, loop, backend, log)
-    step_fn = make_train_step(task.forward_backward, loop.optimizer, backend, skip_nonfinite=loop.skip_nonfinite)
+    step_fn = make_train_step(task.forward_backward, loop.optimizer, backend, skip_nonfinite=loop.skip_nonfinite,
+                              count_fn=task.label_count)
     base_key = backend.key(loop.seed)
     dropout = task.config.hidden_dropout > 0 or task.config.attention_dropout > 0
     from tqdm import tqdm
@@ -135,7 +144,7 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
                 if done % loop.eval_every == 0 and done < loop.steps:
                     metrics = task.evaluate(params)
                     run.append_metrics({"step": done, **metrics})
-                    bar.write(f"step {done}: {task.summary(metrics)}")
+                    (bar.write if loop.progress else log)(f"step {done}: {task.summary(metrics)}")
                 if done % loop.save_every == 0 or done == loop.steps:
                     save(done)
                 if stop.signal_name and done < loop.steps:

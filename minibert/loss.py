@@ -21,14 +21,16 @@ def flat_index_dtype(xp, size: int):
 class CrossEntropyCache(NamedTuple):
     probs: Any          # softmax(z) [N, V]
     flat_target: Any    # n * V + y_n [N], the targets' indices in the flattened logits
-    norm_weights: Any   # w / sum(w) [N]
+    norm_weights: Any   # w / normaliser [N]
     backend: Any        # supplies scatter_add
 
 
-def cross_entropy_forward(logits, labels, weights, backend):
-    """loss = sum_n w_n * (logsumexp(z_n) - z_n[y_n]) / sum_n w_n.
+def cross_entropy_forward(logits, labels, weights, backend, normaliser=None):
+    """loss = sum_n w_n * (logsumexp(z_n) - z_n[y_n]) / D,   D = normaliser, or sum_n w_n when None (the mean).
 
-    logits z [N, V], labels y [N] int, weights w [N] (1 for a real label, 0 for padding rows).
+    logits z [N, V], labels y [N] int, weights w [N] (1 for a real label, 0 for padding rows). A step that
+    accumulates micro-batches (or shards a batch over devices) passes D = the labelled tokens of the whole step,
+    so the pieces' losses and gradients add up to those of the whole batch (`minibert.step`).
     logsumexp is taken after subtracting the row max, so it never overflows.
     Cache (softmax(z) [N, V], flat indices n * V + y_n of the targets, w / sum(w), backend).
     """
@@ -41,17 +43,17 @@ def cross_entropy_forward(logits, labels, weights, backend):
     index = flat_index_dtype(xp, num_rows * vocab)                      # labelled rows x V can pass 2^31
     flat_target = xp.arange(num_rows, dtype=index) * vocab + xp.astype(labels, index)
     target_logit = xp.take(xp.reshape(logits, (-1,)), flat_target)      # [N, V] -> [N*V]; z_n[y_n], [N]
-    norm_weights = weights / xp.sum(weights)
+    norm_weights = weights / (xp.sum(weights) if normaliser is None else normaliser)
     loss = xp.sum(norm_weights * (log_z[:, 0] - target_logit))
     return loss, CrossEntropyCache(probs=exp_shifted / sum_exp, flat_target=flat_target,
                                    norm_weights=norm_weights, backend=backend)
 
 
 def cross_entropy_backward(d_loss, cache: CrossEntropyCache):
-    """dz_n = d_loss * (softmax(z_n) - onehot(y_n)) * w_n / sum(w); d_loss is dLoss/dloss (1.0 when the
+    """dz_n = d_loss * (softmax(z_n) - onehot(y_n)) * w_n / D (D as in the forward); d_loss is dLoss/dloss (1.0 when the
     cross-entropy is the loss). Returns (dz [N, V], {}).
 
-    The one-hot term touches one entry per row, so it is a scatter-add of -d_loss * w_n / sum(w) at the N flat
+    The one-hot term touches one entry per row, so it is a scatter-add of -d_loss * w_n / D at the N flat
     target indices rather than an [N, V] one-hot matrix."""
     probs = cache.probs
     xp = array_namespace(probs)

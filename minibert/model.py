@@ -202,9 +202,11 @@ def mlm_head_backward(d_logits, cache: MLMHeadCache):
 
 # --- whole model on device arrays ---------------------------------------------------------------------------
 
-def forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
+def forward_backward(params, arrays, key=None, normaliser=None, *, config: BertConfig, backend):
     """Loss and every gradient for one `minibert.batch.DeviceBatch` (made by `minibert.batch.device_batch`).
 
+    loss = sum over labelled rows of w_n * nll_n / D, with D = `normaliser` (a 0-d array: the labelled tokens
+    of the whole training step, see `minibert.step`), or this batch's own count sum_n w_n when None (the mean).
     The MLM head runs only on the labelled rows (`positions`): logits [N, V] with N ~ 15% of B*T. In the
     backward, d rows [N, H] goes back to d hidden [B*T, H] by a scatter-add at `positions` (0 elsewhere).
     The tied word embedding's gradient is the decoder's share plus the input gather's.
@@ -215,7 +217,7 @@ def forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
                                             arrays.attention_mask, config, backend, key)
     rows = xp.take(hidden, arrays.positions, axis=0)
     logits, head_cache = mlm_head_forward(params, rows, config, backend)
-    loss, loss_cache = cross_entropy_forward(logits, arrays.targets, arrays.weights, backend)
+    loss, loss_cache = cross_entropy_forward(logits, arrays.targets, arrays.weights, backend, normaliser)
     d_logits, _ = cross_entropy_backward(1.0, loss_cache)
     d_rows, grads = mlm_head_backward(d_logits, head_cache)
     d_hidden = backend.scatter_add(xp.zeros(hidden.shape, dtype=hidden.dtype, device=backend.device),
@@ -225,6 +227,13 @@ def forward_backward(params, arrays, key=None, *, config: BertConfig, backend):
     grads.update(encoder_grads)
     grads["embeddings.word"] = decoder_share + encoder_grads["embeddings.word"]
     return loss, grads
+
+
+def label_count(arrays):
+    """The labelled tokens of a `DeviceBatch`, sum_n w_n (a 0-d float array): the batch's share of the step's
+    loss normaliser (`minibert.step`); padding rows (weight 0) do not count."""
+    xp = array_namespace(arrays.weights)
+    return xp.sum(arrays.weights)
 
 
 def masked_lm_metrics(params, arrays, *, config: BertConfig, backend):

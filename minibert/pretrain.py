@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+import backends
 from minibert import checkpoint as ckpt
 from minibert.batch import check_batch, device_batches
 from minibert.config import IGNORE_LABEL, PRESETS, BertConfig
@@ -19,7 +20,7 @@ from minibert.corpus import corpus_fingerprint, load_corpus_files, load_default_
 from minibert.data import MLMBatcher, build_datasets
 from minibert.inference import evaluate_mlm
 from minibert.loop import LoopSettings, run_loop
-from minibert.model import forward_backward
+from minibert.model import forward_backward, label_count
 from minibert.params import init_host_params
 from minibert.rundir import open_run
 from minibert.settings import RESUME_FIXED, TrainSettings, get_backend
@@ -94,6 +95,7 @@ class MLMTask:
         self.tokens_per_batch = settings.batch_size * settings.seq_len
         self._init_weights = init_weights
         self.forward_backward = partial(forward_backward, config=config, backend=backend)
+        self.label_count = label_count
 
     def initial_params(self) -> dict:
         if self._init_weights is not None:
@@ -147,13 +149,38 @@ def _model_plan(settings: TrainSettings, run) -> tuple:
     return None, None, None
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
+def launch(settings: TrainSettings) -> tuple:
+    """(backend, this process's index): joins the multi-process run first where asked (JAX only), then spreads
+    the backend over --devices (JAX only; other backends raise, naming JAX). Checked before any data is read."""
+    process, processes = 0, 1
+    if settings.multi_process:
+        process, processes = backends.initialize_distributed(
+            settings.backend, coordinator=settings.coordinator, num_processes=settings.num_processes,
+            process_id=settings.process_id, timeout_s=settings.init_timeout)
+    backend = get_backend(settings.backend, settings.dtype)
+    devices = settings.devices if settings.devices is not None else "all" if processes > 1 else 1
+    if devices != 1:
+        backend = backend.data_parallel(devices)
+        if settings.batch_size % backend.data_shards:
+            raise ValueError(f"--batch-size {settings.batch_size} cannot be split evenly over the "
+                             f"{backend.data_shards} devices of --devices {devices}: use a multiple of "
+                             f"{backend.data_shards}")
+    return backend, process
+
+
 def train(settings: TrainSettings, log=print) -> dict:
     """Run (or resume) pretraining; returns the final metrics. Writes config.json, vocab.txt, checkpoints,
     metrics.jsonl and loss.png into the run directory, which it holds locked until it returns."""
     settings.validate()
-    backend = get_backend(settings.backend, settings.dtype)
+    backend, process = launch(settings)
+    if process != 0:            # process 0 reports and writes; the others compute their rows in silence
+        settings, log = dataclasses.replace(settings, progress=False), _quiet
     with open_run(out=settings.out, resume=settings.resume, settings=settings.record(), fixed=RESUME_FIXED,
-                  fallback=settings.resume_fallback, script=SCRIPT) as run:
+                  fallback=settings.resume_fallback, script=SCRIPT, writer=process == 0) as run:
         config, vocab, init_weights = _model_plan(settings, run)
         if run.resume is not None and run.resume.step >= settings.steps:
             log(f"{run.path} is already complete: {run.resume.checkpoint.name} is step {run.resume.step} of "

@@ -135,6 +135,32 @@ class RunDir:
                 raise self._io_error(PLOT, exc) from None
 
 
+class FollowerRunDir(RunDir):
+    """A run directory as processes other than 0 of a multi-process run see it: the same path and resume point
+    (read from the shared file system), but no lock and no writes: process 0 writes everything."""
+
+    def __init__(self, path: Path, resume_command: str, resume: ResumePoint | None = None):
+        super().__init__(path, lock=None, resume_command=resume_command, resume=resume)
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+    def start(self, run_config: dict, files: dict[str, bytes]) -> None:
+        self._started = True
+
+    def restart(self, step: int) -> None:
+        self._started = True
+
+    def append_metrics(self, record: dict) -> None:
+        pass
+
+    def save_checkpoint(self, step: int, params: dict, state: dict, extra: dict, keep: int) -> Path | None:
+        return self.last_checkpoint
+
+    def plot(self, strict: bool = True) -> None:
+        pass
+
+
 def plot_metrics(run_dir: Path) -> None:
     """loss.png: training loss (and its running mean) and held-out loss against step."""
     import matplotlib
@@ -183,14 +209,23 @@ def _lock(run_dir: Path, flag: str) -> DirectoryLock:
 
 
 def open_run(*, out: str | None, resume: str | None, settings: dict, fixed: tuple[str, ...], fallback: bool,
-             script: str) -> RunDir:
+             script: str, writer: bool = True) -> RunDir:
     """The locked run directory, all checked before any work (on a refusal the lock is released and nothing is
     left behind).
 
     out: a fresh run's directory (None: runs/<date-time>). resume: a run to continue; its config.json's
     "training" must equal `settings` on each of `fixed`, and its latest checkpoint must verify (`fallback`: or
     the newest older one that does) and carry its data position. script: the command line's script, for the
-    resume command in messages (`python scripts/train.py --resume DIR`)."""
+    resume command in messages (`python scripts/train.py --resume DIR`). writer=False (processes other than 0
+    of a multi-process run): a `FollowerRunDir`, which reads the resume point but creates, locks and writes
+    nothing."""
+    if not writer:
+        run_dir = Path(resume or out or "runs/(process 0's run)")
+        if resume and not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume {run_dir}: no such directory (every process must see the run "
+                                    "directory, on a shared file system)")
+        point = _resume_point(run_dir, settings, fixed, fallback, script) if resume else None
+        return FollowerRunDir(run_dir, f"python {script} --resume {run_dir}", point)
     if resume:
         run_dir = Path(resume)
         if not run_dir.is_dir():

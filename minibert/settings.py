@@ -69,6 +69,17 @@ class TrainSettings:
     init_from: str | None = None
     skip_nonfinite: bool = False
     progress: bool = True
+    # how the run is launched (not stored in config.json: a resumed run may use other devices and hosts)
+    devices: int | str | None = None    # None = 1, or "all" with several processes
+    distributed: bool = False           # join a cluster JAX detects (Slurm, Open MPI, ...)
+    coordinator: str | None = None      # HOST:PORT of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+    init_timeout: int = 300             # seconds to wait for the coordinator and the other processes
+
+    @property
+    def multi_process(self) -> bool:
+        return self.distributed or self.coordinator is not None
 
     def validate(self) -> None:
         """Raise on a bad value, naming the flag and showing the value, before any work starts."""
@@ -101,6 +112,7 @@ class TrainSettings:
             raise ValueError("--resume and --init-from cannot be used together: a resumed run already has weights")
         if self.resume_fallback and not self.resume:
             raise ValueError("--resume-fallback only applies with --resume DIR")
+        self._validate_launch()
         try:                      # the ranges, as the classes that use them define them
             self.optimizer()
             BertConfig.preset(self.config, hidden_dropout=self.dropout, attention_dropout=self.dropout)
@@ -108,14 +120,47 @@ class TrainSettings:
             message = _FIELD_RE.sub(lambda m: _FLAG_OF_FIELD[m.group(1)], str(exc))
             raise ValueError(("--config: " if message.startswith("unknown preset") else "") + message) from None
 
+    def _validate_launch(self) -> None:
+        if self.devices is not None and self.devices != "all" and (not _is_int(self.devices) or self.devices < 1):
+            raise ValueError(f"--devices must be a positive int or 'all', got {self.devices!r}")
+        if _is_int(self.devices) and self.batch_size % self.devices:
+            raise ValueError(f"--batch-size {self.batch_size} cannot be split evenly over --devices {self.devices}: "
+                             f"use a multiple of {self.devices} (each device gets --batch-size / --devices rows)")
+        if not _is_int(self.init_timeout) or self.init_timeout < 1:
+            raise ValueError(f"--init-timeout must be a positive int (seconds), got {self.init_timeout!r}")
+        explicit = {flag(k): getattr(self, k) for k in ("coordinator", "num_processes", "process_id")}
+        given = [k for k, v in explicit.items() if v is not None]
+        if self.distributed and given:
+            raise ValueError(f"--distributed (detect the cluster) and {', '.join(given)} (name it) exclude each "
+                             "other; give one or the other")
+        if given and len(given) < 3:
+            missing = [k for k in explicit if k not in given]
+            raise ValueError(f"{', '.join(given)} needs {' and '.join(missing)} too: a multi-process run is "
+                             "--coordinator HOST:PORT --num-processes P --process-id I (I in 0..P-1)")
+        if not given:
+            return
+        host, _, port = self.coordinator.rpartition(":") if isinstance(self.coordinator, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--coordinator must be HOST:PORT (port 1..65535), got {self.coordinator!r}")
+        if not _is_int(self.num_processes) or self.num_processes < 1:
+            raise ValueError(f"--num-processes must be a positive int, got {self.num_processes!r}")
+        if not _is_int(self.process_id) or not 0 <= self.process_id < self.num_processes:
+            raise ValueError(f"--process-id {self.process_id!r} is out of range for --num-processes "
+                             f"{self.num_processes}; allowed: 0..{self.num_processes - 1}")
+
     def optimizer(self) -> AdamWConfig:
         warmup = self.steps // 10 if self.warmup is None else self.warmup
         return AdamWConfig(lr=self.lr, warmup_steps=warmup, total_steps=self.steps,
                            weight_decay=self.weight_decay, clip_norm=self.clip_norm)
 
     def record(self) -> dict:
-        """The settings as JSON values (config.json's "training")."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The settings as JSON values (config.json's "training"), without how the run is launched (LAUNCH)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k not in LAUNCH}
+
+
+# how a run is started: may differ between a run and its resumption, so kept out of config.json
+LAUNCH = ("devices", "distributed", "coordinator", "num_processes", "process_id", "init_timeout")
 
 
 # settings that must not change when a run is resumed (anything else, e.g. eval_every, may)

@@ -5,6 +5,7 @@
                                                              # the embedded corpus, about 4 minutes on 2 cores
     MINIBERT_BACKEND=jax python scripts/train.py --config mini --seq-len 128
     python scripts/train.py --resume runs/20261127-120000    # continue a stopped run exactly
+    python scripts/train.py --backend jax --devices all      # data-parallel over every device of this machine
 """
 from __future__ import annotations
 
@@ -58,7 +59,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="skip steps with a non-finite loss or gradient (counted in metrics) instead of stopping")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g = p.add_argument_group("many devices and hosts (JAX backend; see README, Training on many devices)")
+    g.add_argument("--devices", type=_devices, metavar="N|all",
+                   help="split each batch by rows over N devices (all: every device of every process); "
+                        "--batch-size must divide by N (default 1, or all with several processes)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run whose cluster JAX detects (Slurm, Open MPI, ...)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process run: process 0's address")
+    g.add_argument("--num-processes", type=int, metavar="P", help="multi-process run: number of processes")
+    g.add_argument("--process-id", type=int, metavar="I", help="multi-process run: this process, 0..P-1")
+    g.add_argument("--init-timeout", type=int, metavar="S",
+                   help=f"seconds to wait for the coordinator and the other processes (default {d.init_timeout})")
     return p.parse_args(argv)
+
+
+def _devices(text: str):
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'all', got {text!r}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:

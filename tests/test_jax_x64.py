@@ -17,7 +17,8 @@ def test_float64_checks_pass_on_jax_with_x64(chosen_backends):
     env = child_env(JAX_ENABLE_X64="1", **{X64_CHILD_ENV: "1"})
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "float64 and jax",
-         "tests/test_gradcheck.py", "tests/test_heads.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+         "tests/test_gradcheck.py", "tests/test_heads.py", "tests/test_accumulation.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     passed = re.search(r"(\d+) passed", summary)

@@ -300,9 +300,9 @@ def poisoned_step(monkeypatch, script_env):
     real = minibert.pretrain.forward_backward
     plan = {"calls": 0, "poison": set(), "interrupt": set()}
 
-    def forward_backward(params, arrays, key=None, *, config, backend):
+    def forward_backward(params, arrays, key=None, normaliser=None, *, config, backend):
         plan["calls"] += 1
-        loss, grads = real(params, arrays, key, config=config, backend=backend)
+        loss, grads = real(params, arrays, key, normaliser, config=config, backend=backend)
         if plan["calls"] in plan["poison"]:
             grads["head.decoder_bias"] = grads["head.decoder_bias"] * np.inf
         if plan["calls"] in plan["interrupt"]:
