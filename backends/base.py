@@ -22,6 +22,10 @@ class Backend:
       supports_float64: whether float64 arrays can be made here.
       on_gpu: whether arrays live on a GPU (so timings need `synchronize` and memory is the device's).
       data_shards: devices a training batch is split over by rows (1: one device; see `data_parallel`).
+      fast_ops: faster implementations of whole ops, by name, that `minibert.ops` uses instead of its array-API
+               reference where present (e.g. "gelu_forward", "gelu_backward"; see backends/_numpy_fast.py).
+               Empty by default: the reference runs everywhere else. Each is tested equal to the reference
+               (tests/test_fast_ops.py).
 
     Random numbers are functional: `key(seed)` makes a key, `fold_in(key, n)` derives an independent one,
     `uniform(key, shape, dtype)` draws from [0, 1). The same keys work inside `jit`.
@@ -35,6 +39,7 @@ class Backend:
     supports_float64: bool = True
     on_gpu: bool = False
     data_shards: int = 1
+    fast_ops: Any = {}          # op name -> implementation; read-only here, a backend sets its own
 
     # -- host <-> device ----------------------------------------------------------------------
     def asarray(self, host_array, dtype=None):

@@ -9,9 +9,17 @@ What is timed, per library and preset, after warm-up (and compilation, for JAX):
   * the full training step: forward, hand-written backward and AdamW (global-norm clipping at 1.0, lr 1e-4,
     weight decay 0.01 off biases and LayerNorm, eps 1e-6), with dropout, on one fixed batch whose labels are
     -100 except at ~15% of the tokens; the clock stops after backend.synchronize(loss) and reading the loss
-    to the host. The reference is transformers' BertForMaskedLM (same shapes, GELU, dropout, tied decoder)
-    with torch.optim.AdamW and clip_grad_norm_, in train mode, torch.set_num_threads(--threads);
-  * the inference forward: Mini-BERT's `logits_all` (logits at all B*T positions, compiled), against BertForMaskedLM(...).logits under torch.inference_mode();
+    to the host. Two PyTorch references (same shapes, GELU, dropout, tied decoder, weights and batch), with
+    torch.optim.AdamW and clip_grad_norm_, in train mode, torch.set_num_threads(--threads), each the faster of
+    its eager and SDPA attention:
+      - all-positions (*): transformers' BertForMaskedLM as users run it, logits and loss at all B*T positions;
+      - same-work (+): the same model's BertModel (`bert`) and MLM head (`cls`) applied only at the labelled
+        rows, the same cross-entropy: what Mini-BERT computes, so "paired x same" compares algorithm with
+        algorithm. Its worker checks, on the initial weights, that its loss equals the all-positions one;
+  * with --task sequence, the sentence-classification fine-tuning step instead (classify_forward_backward +
+    AdamW; pooler + classifier on [CLS], 2 classes) against BertForSequenceClassification, the same work;
+  * the inference forward: Mini-BERT's `logits_all` (logits at all B*T positions, compiled), against
+    BertForMaskedLM(...).logits under torch.inference_mode() (with --task sequence: the classification logits);
   * a large float32 GEMM in the same process (same library and threads): the peak the step is measured against;
   * the word-embedding gradient scatter-add ([V, H] += B*T rows at the batch's word ids) in isolation.
 

@@ -11,22 +11,25 @@ import time
 from pathlib import Path
 
 import bench
-from bench.flops import FLOP_METHOD, LABEL_RATE
+from bench.flops import FLOP_METHOD, LABEL_RATE, NUM_LABELS, TASKS
 from bench.probes import MEMORY_METHOD, machine_info
 from bench.report import format_report
-from bench.schedule import run_preset
+from bench.schedule import run_preset, worker_entries
 from minibert.config import PRESETS
 
 CPU_PRESETS = ("seed", "mini")
 GPU_PRESETS = ("mini", "small")
 MINIBERT_BACKENDS = ("numpy", "jax", "cupy", "torch", "strict")
+REFERENCE_OPS_SUFFIX = "-reference-ops"   # e.g. numpy-reference-ops: numpy with its fast_ops off
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="scripts/benchmark.py", description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", type=lambda s: [x for x in s.split(",") if x],
                    help="comma-separated Mini-BERT backends (default: numpy,jax on CPU; cupy,jax with --gpu; "
-                        "those not installed are skipped)")
+                        "those not installed are skipped); NAME-reference-ops runs NAME with its fast ops off "
+                        "(the array-API reference ops, MINIBERT_REFERENCE_OPS=1), e.g. numpy,numpy-reference-ops "
+                        "to measure what backends/_numpy_fast.py buys")
     p.add_argument("--presets", nargs="+", choices=list(PRESETS),
                    help=f"model presets (default: {' '.join(CPU_PRESETS)}; with --gpu {' '.join(GPU_PRESETS)})")
     p.add_argument("--batch-size", type=int, default=32)
@@ -51,9 +54,19 @@ def parse_args(argv=None):
     p.add_argument("--gemm-size", type=int, help="n for the n x n x n float32 GEMM peak (default 2048; 8192 --gpu)")
     p.add_argument("--gemm-repeats", type=int, default=3)
     p.add_argument("--scatter-repeats", type=int, default=5)
+    p.add_argument("--task", choices=TASKS, default="mlm",
+                   help="mlm: the masked-LM pre-training step (default); sequence: the sentence-classification "
+                        f"fine-tuning step ({NUM_LABELS} classes, pooler + classifier on [CLS], one label per "
+                        "sequence), against transformers' BertForSequenceClassification")
     p.add_argument("--reference-variants", type=lambda s: [x for x in s.split(",") if x],
-                   help="PyTorch references: eager, sdpa, each optionally :labelled (head at the labelled rows "
-                        "only, like Mini-BERT; shown but never the reference). Default eager,sdpa")
+                   help="PyTorch attention implementations: eager, sdpa (default eager,sdpa); each runs with every "
+                        "--reference-heads head, or with the one named after a colon (eager:labelled)")
+    p.add_argument("--reference-heads", type=lambda s: [x for x in s.split(",") if x], default=["all", "labelled"],
+                   help="MLM heads of the PyTorch references (default all,labelled): all = BertForMaskedLM as "
+                        "users run it, logits at all B*T positions (the all-positions reference, *); labelled = "
+                        "its BertModel and MLM head (cls, same weights) applied only at the labelled rows, same "
+                        "loss (the same-work reference, +: what Mini-BERT computes). Each reference is the faster "
+                        "attention of its head. --task sequence has one head (all)")
     p.add_argument("--pause", type=float, default=0.2, help="seconds between bursts, so spinning thread pools "
                    "of the previous library go idle (default 0.2)")
     p.add_argument("--quiet-wait", type=float, help="before each burst, wait up to this many seconds for the "
@@ -82,8 +95,9 @@ def parse_args(argv=None):
     else:
         args.skipped_backends = []
         for b in args.backends:
-            if b not in MINIBERT_BACKENDS:
-                p.error(f"--backends: unknown {b!r}; allowed: {', '.join(MINIBERT_BACKENDS)}")
+            if b.removesuffix(REFERENCE_OPS_SUFFIX) not in MINIBERT_BACKENDS:
+                p.error(f"--backends: unknown {b!r}; allowed: {', '.join(MINIBERT_BACKENDS)}, each optionally "
+                        f"followed by {REFERENCE_OPS_SUFFIX}")
     args.presets = args.presets or list(GPU_PRESETS if args.gpu else CPU_PRESETS)
     args.repeats = args.repeats if args.repeats is not None else (4 if quick else 10)
     args.infer_repeats = args.infer_repeats if args.infer_repeats is not None else (2 if quick else 6)
@@ -92,6 +106,15 @@ def parse_args(argv=None):
     args.gemm_size = args.gemm_size or (8192 if args.gpu else 2048)
     if args.reference_variants is None:
         args.reference_variants = ["eager", "sdpa"]
+    bad = [h for h in args.reference_heads if h not in ("all", "labelled")]
+    if bad or not args.reference_heads:
+        p.error(f"--reference-heads: bad {','.join(bad) or 'empty list'}; allowed: all, labelled")
+    if args.task != "mlm":
+        args.reference_heads = ["all"]
+    try:
+        worker_entries(args)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.quick and args.gemm_repeats == 3:
         args.gemm_repeats = 2
     for name in ("batch_size", "seq_len", "vocab", "burst", "gemm_size", "gemm_repeats", "scatter_repeats"):
@@ -123,7 +146,7 @@ def main(argv=None) -> int:
     report = {"schema": 1, "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "argv": sys.argv[1:] if argv is None else list(argv),
               "settings": {"backends": args.backends, "skipped_backends": args.skipped_backends,
-                           "presets": args.presets, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                           "presets": args.presets, "task": args.task, "batch_size": args.batch_size, "seq_len": args.seq_len,
                            "dropout": args.dropout, "vocab": args.vocab, "threads": threads, "pinned_cpus": cpus,
                            "repeats": args.repeats, "infer_repeats": args.infer_repeats, "burst": args.burst,
                            "burst_warmup": args.burst_warmup,
@@ -131,6 +154,7 @@ def main(argv=None) -> int:
                            "quiet_threshold": args.quiet_threshold, "quiet_pressure": args.quiet_pressure,
                            "gemm_size": args.gemm_size, "quick": args.quick, "gpu": args.gpu,
                            "tf32": args.tf32, "reference_variants": args.reference_variants,
+                           "reference_heads": args.reference_heads,
                            "label_rate": LABEL_RATE, "dtype": "float32",
                            "optimizer": {"lr": 1e-4, "weight_decay": 0.01, "eps": 1e-6, "betas": [0.9, 0.999],
                                          "clip_norm": 1.0, "no_decay": "biases and LayerNorm"}},
@@ -139,7 +163,13 @@ def main(argv=None) -> int:
                          "timing": "perf_counter around each step, after backend.synchronize(loss) and reading the "
                                    "loss to the host; libraries alternate in rounds (see the module docstring)",
                          "inference": "Mini-BERT: logits_all at all B*T positions (compiled); PyTorch: "
-                                      "BertForMaskedLM(...).logits (all positions) under inference_mode"},
+                                      "BertForMaskedLM(...).logits (all positions) under inference_mode (both "
+                                      "references: inference is the same work for both); --task sequence: "
+                                      "classify_logits_all against BertForSequenceClassification(...).logits",
+                         "references": "* all-positions: BertForMaskedLM with labels (logits and loss at all "
+                                       "B*T positions), as users run it; + same-work: the same model's bert "
+                                       "(BertModel) and cls (MLM head) at the labelled rows only, the same "
+                                       "cross-entropy, as Mini-BERT; each the faster of its attentions"},
               "results": {}}
     for b in args.skipped_backends:
         log(f"backend {b} not installed: skipped")

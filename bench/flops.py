@@ -11,7 +11,11 @@ FLOP_METHOD = (
     "the backward counts as 2x the forward (input and weight gradients). Elementwise work, softmax, LayerNorm, "
     "dropout, embedding gathers/scatters and AdamW are not counted. The same count is used for PyTorch, whose "
     "BertForMaskedLM computes the head at all B*T positions (its executed FLOPs are in the JSON). Inference "
-    "(`logits_all`) counts the head at all B*T positions, because it returns all of them.")
+    "(`logits_all`) counts the head at all B*T positions, because it returns all of them. With --task sequence "
+    "the head is the pooler (H x H) and the classifier (H x C) at the B [CLS] rows, in training and inference.")
+
+TASKS = ("mlm", "sequence")
+NUM_LABELS = 2          # classes of the --task sequence benchmark
 
 
 def encoder_flops(config: BertConfig, batch: int, seq: int) -> dict:
@@ -24,24 +28,33 @@ def encoder_flops(config: BertConfig, batch: int, seq: int) -> dict:
 
 
 def head_flops(config: BertConfig, rows: int) -> int:
-    """Forward FLOPs of the MLM head on `rows` rows: dense H x H, then the tied V x H decoder."""
+    """Forward FLOPs of the head on `rows` rows: MLM: dense H x H, then the tied V x H decoder; sequence
+    classification: the pooler's dense H x H, then the classifier H x C."""
     hidden = config.hidden_size
-    return 2 * rows * hidden * hidden + 2 * rows * hidden * config.vocab_size
+    outputs = config.vocab_size if config.task == "mlm" else config.num_labels
+    return 2 * rows * hidden * hidden + 2 * rows * hidden * outputs
+
+
+def head_rows(config: BertConfig, batch: int, seq: int, labelled: int) -> int:
+    """Rows the head must compute in a training step: the `labelled` rows (MLM) or the B [CLS] rows (sequence)."""
+    return labelled if config.task == "mlm" else batch
 
 
 def train_flops(config: BertConfig, batch: int, seq: int, labelled: int) -> dict:
-    """Useful FLOPs of one training step: forward with the head at the `labelled` rows, backward = 2x forward."""
+    """Useful FLOPs of one training step: forward with the head at the `labelled` rows (MLM) or the [CLS] rows
+    (sequence), backward = 2x forward."""
     enc = encoder_flops(config, batch, seq)
-    head = head_flops(config, labelled)
+    head = head_flops(config, head_rows(config, batch, seq, labelled))
     forward = enc["dense"] + enc["attention"] + head
     return {"encoder_dense_fwd": enc["dense"], "attention_fwd": enc["attention"], "head_fwd": head,
             "forward": forward, "backward": 2 * forward, "total": 3 * forward}
 
 
 def inference_flops(config: BertConfig, batch: int, seq: int) -> dict:
-    """FLOPs of `logits_all`: the encoder and the head at all B*T positions."""
+    """FLOPs of the inference forward: the encoder and the head at all B*T positions (MLM `logits_all`) or at the
+    B [CLS] rows (sequence `classify_logits_all`)."""
     enc = encoder_flops(config, batch, seq)
-    head = head_flops(config, batch * seq)
+    head = head_flops(config, head_rows(config, batch, seq, batch * seq))
     return {"encoder_dense_fwd": enc["dense"], "attention_fwd": enc["attention"], "head_fwd": head,
             "total": enc["dense"] + enc["attention"] + head}
 
@@ -51,23 +64,32 @@ def labelled_count(batch: int, seq: int) -> int:
 
 
 def make_host_batch(config: BertConfig, batch: int, seq: int, seed: int = 0) -> dict:
-    """One fixed host batch (NumPy int32): random ids, no padding, two token types, labels -100 except at
-    exactly `labelled_count` random positions. Every worker builds the same one from the same seed."""
+    """One fixed host batch (NumPy int32): random ids, no padding, two token types; MLM labels [B, T] are -100
+    except at exactly `labelled_count` random positions, sequence labels [B] are random classes in
+    [0, num_labels). Every worker builds the same one from the same seed."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     input_ids = rng.integers(0, config.vocab_size, (batch, seq), dtype=np.int32)
     token_type_ids = np.zeros((batch, seq), np.int32)
     token_type_ids[:, seq // 2:] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": np.ones((batch, seq), np.int32),
+              "token_type_ids": token_type_ids}
+    if config.task == "sequence":
+        return {**inputs, "labels": rng.integers(0, config.num_labels, batch, dtype=np.int32)}
     labels = np.full(batch * seq, -100, np.int32)
     chosen = rng.choice(batch * seq, labelled_count(batch, seq), replace=False)
     labels[chosen] = rng.integers(0, config.vocab_size, chosen.size)
-    return {"input_ids": input_ids, "attention_mask": np.ones((batch, seq), np.int32),
-            "token_type_ids": token_type_ids, "labels": labels.reshape(batch, seq)}
+    return {**inputs, "labels": labels.reshape(batch, seq)}
 
 
-def model_config(preset: str, vocab: int, dropout: float) -> BertConfig:
-    return BertConfig.preset(preset, vocab_size=vocab, hidden_dropout=dropout, attention_dropout=dropout)
+def model_config(preset: str, vocab: int, dropout: float, task: str = "mlm") -> BertConfig:
+    """The benchmarked model: `preset` with the vocabulary and dropout asked for; task "sequence" adds the pooler
+    and a NUM_LABELS-class classifier (dropout before it = the hidden dropout, as transformers)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    heads = {} if task == "mlm" else {"task": task, "num_labels": NUM_LABELS}
+    return BertConfig.preset(preset, vocab_size=vocab, hidden_dropout=dropout, attention_dropout=dropout, **heads)
 
 
 def effective_seq_len(config: BertConfig, requested: int) -> int:

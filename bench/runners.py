@@ -1,4 +1,5 @@
-"""What a worker runs: Mini-BERT on one backend, or the PyTorch reference (transformers' BertForMaskedLM)."""
+"""What a worker runs: Mini-BERT on one backend, or a PyTorch reference (transformers' BertForMaskedLM, its
+encoder + MLM head at the labelled rows only, or BertForSequenceClassification)."""
 from __future__ import annotations
 
 import statistics
@@ -14,14 +15,29 @@ MINIBERT_MODULES = ("minibert.api", "minibert.model", "minibert.step")    # impo
 
 def build_step_and_inference(config, be):
     """The two Mini-BERT functions a runner times: the training step (minibert.step, AdamW as the reference's)
-    and the compiled `logits_all` forward. The only place the benchmark calls into Mini-BERT's model API."""
+    and the compiled inference forward, for the config's task: masked LM (`forward_backward`, `logits_all`) or
+    sequence classification (`classify_forward_backward`, `classify_logits_all`). The only place the benchmark
+    calls into Mini-BERT's model API."""
     from minibert.api import compiled
+    from minibert.classify import classify_forward_backward, classify_logits_all
     from minibert.model import forward_backward, logits_all
     from minibert.optim import AdamWConfig
     from minibert.step import make_train_step
 
+    loss_and_grads, forward = ((forward_backward, logits_all) if config.task == "mlm"
+                               else (classify_forward_backward, classify_logits_all))
     opt = AdamWConfig(lr=1e-4, warmup_steps=0, total_steps=10**9, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
-    return make_train_step(partial(forward_backward, config=config, backend=be), opt, be), compiled(logits_all, config, be)
+    return (make_train_step(partial(loss_and_grads, config=config, backend=be), opt, be),
+            compiled(forward, config, be))
+
+
+def device_arrays(host, config, be):
+    """The benchmark's host batch checked and moved to backend `be` as the task's step reads it."""
+    from minibert.batch import check_batch, device_batch
+    from minibert.classify import check_classify_batch, classify_device_batch
+    if config.task == "mlm":
+        return device_batch(check_batch(host, config), be, "float32")
+    return classify_device_batch(check_classify_batch(host, config), be, "float32")
 
 
 class Runner:
@@ -61,13 +77,12 @@ class MinibertRunner(Runner):
         self.memory = be.track_peak_memory()
         self.memory.start()
 
-        from minibert.batch import check_batch, device_batch
         from minibert.optim import init_state
         from minibert.params import init_params
 
-        self.config = config = model_config(spec["preset"], spec["vocab"], spec["dropout"])
+        self.config = config = model_config(spec["preset"], spec["vocab"], spec["dropout"], spec["task"])
         host = make_host_batch(config, spec["batch"], spec["seq"])
-        self.arrays = device_batch(check_batch(host, config), be, "float32")
+        self.arrays = device_arrays(host, config, be)
         self.params = init_params(config, seed=0, backend=be)
         self.state = init_state(self.params, be)
         self.step_fn, self.infer_fn = build_step_and_inference(config, be)
@@ -76,7 +91,7 @@ class MinibertRunner(Runner):
         self.np = np
 
     def info(self) -> dict:
-        out = self.be.describe()
+        out = {**self.be.describe(), "fast_ops": sorted(self.be.fast_ops)}
         if self.spec["gpu"]:
             out["tf32"] = self.spec["tf32"]
         return out
@@ -153,7 +168,12 @@ def _time_gemm(matmul, synchronize, size, reps):
 
 
 class ReferenceRunner(Runner):
-    """transformers' BertForMaskedLM with torch.optim.AdamW: the PyTorch reference."""
+    """A PyTorch reference with torch.optim.AdamW and clip_grad_norm_, by spec["task"] and spec["head"]:
+    task "mlm", head "all": transformers' BertForMaskedLM as users run it (logits and loss at all B*T
+    positions; the all-positions reference); head "labelled": the same model's encoder (`model.bert`, a BertModel)
+    and MLM head (`model.cls`, BertOnlyMLMHead, same weights) applied only at the labelled rows, the same
+    cross-entropy (the same-work reference: what Mini-BERT computes); task "sequence":
+    BertForSequenceClassification (pooler + classifier on [CLS]: the same work as Mini-BERT's)."""
 
     def __init__(self, spec):
         import numpy as np
@@ -180,10 +200,12 @@ class ReferenceRunner(Runner):
             self.memory = TorchPeakMemory(torch)       # as the torch backend measures it
             self.memory.start()
 
-        self.config = config = model_config(spec["preset"], spec["vocab"], spec["dropout"])
+        self.config = config = model_config(spec["preset"], spec["vocab"], spec["dropout"], spec["task"])
         torch.manual_seed(0)
         hf_config = transformers.BertConfig(**config_to_transformers(config))
-        model = transformers.BertForMaskedLM._from_config(hf_config, attn_implementation=spec["attn"])
+        model_class = (transformers.BertForMaskedLM if spec["task"] == "mlm"
+                       else transformers.BertForSequenceClassification)
+        model = model_class._from_config(hf_config, attn_implementation=spec["attn"])
         if model.config._attn_implementation != spec["attn"]:
             raise RuntimeError(f"asked for attn_implementation={spec['attn']!r}, "
                                f"transformers chose {model.config._attn_implementation!r}")
@@ -199,13 +221,33 @@ class ReferenceRunner(Runner):
         flat = self.labels.reshape(-1)
         self.positions = torch.nonzero(flat != -100).reshape(-1)
         self.targets = flat[self.positions]
+        self.same_work_check = self._same_work_check() if spec["head"] == "labelled" else None
+
+    def _labelled_loss(self):
+        """The same-work loss: the encoder at all tokens, the MLM head and cross-entropy at the labelled rows."""
+        model = self.model
+        hidden = model.bert(**self.inputs).last_hidden_state                    # [B, T, H]
+        rows = hidden.reshape(-1, hidden.shape[-1])[self.positions]             # [B*T, H] -> [labelled, H]
+        return self.torch.nn.functional.cross_entropy(model.cls(rows), self.targets)
+
+    def _same_work_check(self) -> dict:
+        """Both MLM losses on the initial weights, dropout off: the head at the labelled rows only must give the
+        loss BertForMaskedLM gives with logits at every position (it ignores the -100 rows)."""
+        self.model.eval()
+        with self.torch.no_grad():
+            everywhere = float(self.model(**self.inputs, labels=self.labels).loss)
+            labelled = float(self._labelled_loss())
+        self.model.train()
+        return {"loss_all_positions": everywhere, "loss_labelled_rows": labelled,
+                "abs_diff": abs(everywhere - labelled)}
 
     def info(self) -> dict:
         import transformers
 
         from backends.torch_backend import torch_description
         return {**torch_description(self.torch), "transformers": transformers.__version__, "attn": self.spec["attn"],
-                "head": self.spec["head"], "device": str(self.device)}
+                "head": self.spec["head"], "model": type(self.model).__name__, "device": str(self.device),
+                "same_work_check": self.same_work_check}
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -216,9 +258,7 @@ class ReferenceRunner(Runner):
         if self.spec["head"] == "all":
             loss = model(**self.inputs, labels=self.labels).loss
         else:   # the head at the labelled rows only, as Mini-BERT does
-            hidden = model.bert(**self.inputs).last_hidden_state
-            rows = hidden.reshape(-1, hidden.shape[-1])[self.positions]
-            loss = torch.nn.functional.cross_entropy(model.cls(rows), self.targets)
+            loss = self._labelled_loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         self.opt.step()

@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 
-from bench.flops import effective_seq_len, inference_flops, labelled_count, model_config, train_flops
+from bench.flops import effective_seq_len, head_rows, inference_flops, labelled_count, model_config, train_flops
 from bench.probes import cpu_busy_seconds, cpu_pressure_seconds, wait_quiet
 from bench.report import _fmt
 from bench.stats import summarize
@@ -39,30 +39,42 @@ def worker_env(args, threads) -> dict:
     return env
 
 
-def _entries(args) -> list[dict]:
-    entries = [{"name": b, "kind": "minibert", "backend": b} for b in args.backends]
+def worker_entries(args) -> list[dict]:
+    """The workers of a preset: one per Mini-BERT backend, then one per PyTorch reference: every
+    --reference-variants attention with each of --reference-heads (an entry's own :all or :labelled picks its
+    head alone); named pytorch-ATTN for the all-positions head, pytorch-ATTN-labelled for the same-work one.
+    A bad variant is a ValueError naming it."""
+    # NAME-reference-ops: backend NAME with its fast_ops off (the array-API reference ops)
+    entries = [{"name": b, "kind": "minibert", "backend": b.removesuffix("-reference-ops"),
+                "reference_ops": b.endswith("-reference-ops")} for b in args.backends]
     for variant in args.reference_variants:
         attn, _, head = variant.partition(":")
-        head = head or "all"
-        if attn not in ("eager", "sdpa") or head not in ("all", "labelled"):
-            raise SystemExit(f"--reference-variants: bad {variant!r}; allowed: eager or sdpa, optionally "
-                             "followed by :labelled (head at the labelled rows only), e.g. eager,sdpa,sdpa:labelled")
-        name = f"{REFERENCE_PREFIX}-{attn}" + ("" if head == "all" else "-labelled")
-        entries.append({"name": name, "kind": "reference", "attn": attn, "head": head})
+        if attn not in ("eager", "sdpa") or head not in ("", "all", "labelled"):
+            raise ValueError(f"--reference-variants: bad {variant!r}; allowed: eager or sdpa, optionally "
+                             "followed by :all or :labelled (one head only), e.g. eager,sdpa,sdpa:labelled")
+        for h in ([head] if head else args.reference_heads):
+            if args.task != "mlm" and h != "all":
+                raise ValueError(f"--reference-variants {variant!r}: the labelled-rows head is a masked-LM "
+                                 f"reference; --task {args.task} compares with the whole model (head all)")
+            name = f"{REFERENCE_PREFIX}-{attn}" + ("" if h == "all" else "-labelled")
+            if all(e["name"] != name for e in entries):
+                entries.append({"name": name, "kind": "reference", "attn": attn, "head": h})
     return entries
 
 
 def run_preset(preset, args, threads, cpus, log) -> dict:
     requested_seq = args.seq_len
-    config = model_config(preset, args.vocab, args.dropout)
+    config = model_config(preset, args.vocab, args.dropout, args.task)
     seq = effective_seq_len(config, requested_seq)
-    labelled = labelled_count(args.batch_size, seq)
+    labelled = head_rows(config, args.batch_size, seq, labelled_count(args.batch_size, seq))
+    executed = labelled if args.task != "mlm" else args.batch_size * seq    # BertForMaskedLM: head everywhere
     result = {
-        "config": config.to_dict(), "batch": args.batch_size, "seq_len": seq, "seq_len_requested": requested_seq,
-        "seq_len_clamped": seq != requested_seq, "tokens": args.batch_size * seq, "labelled_rows": labelled,
+        "task": args.task, "config": config.to_dict(), "batch": args.batch_size, "seq_len": seq,
+        "seq_len_requested": requested_seq, "seq_len_clamped": seq != requested_seq, "tokens": args.batch_size * seq,
+        "labelled_rows": labelled,
         "flops": {"train": train_flops(config, args.batch_size, seq, labelled),
                   "inference": inference_flops(config, args.batch_size, seq),
-                  "pytorch_train_executed": train_flops(config, args.batch_size, seq, args.batch_size * seq)},
+                  "pytorch_train_executed": train_flops(config, args.batch_size, seq, executed)},
         "libraries": {}, "errors": [], "rounds": [], "threads": threads, "quiet_threshold": args.quiet_threshold,
         "quiet_pressure": args.quiet_pressure,
     }
@@ -80,12 +92,12 @@ def run_preset(preset, args, threads, cpus, log) -> dict:
     try:
         # Imports run in every worker at once (nothing is timed yet); building, compiling and warming up then
         # go one worker at a time, so compile times and first steps are not slowed by each other.
-        entries = _entries(args)
+        entries = worker_entries(args)
         log("  importing in " + ", ".join(e["name"] for e in entries) + " ...")
         imported = {}
         for entry in entries:
             spec = {**entry, "preset": preset, "vocab": args.vocab, "dropout": args.dropout, "batch": args.batch_size,
-                    "seq": seq, "threads": threads, "cpus": cpus, "gpu": args.gpu, "tf32": args.tf32,
+                    "seq": seq, "task": args.task, "threads": threads, "cpus": cpus, "gpu": args.gpu, "tf32": args.tf32,
                     "warmup": max(1, args.warmup), "max_warmup": max(args.warmup, args.max_warmup)}
             workers[entry["name"]] = Worker(entry["name"], spec, env, args.timeout)
         for entry in entries:

@@ -20,7 +20,10 @@ def _noisy(burst, result) -> bool:
 
 
 def summarize(result) -> None:
-    """Medians, rates, fractions of peak and ratios against the reference, in place."""
+    """Medians, rates, fractions of peak, and ratios against the two references, in place: result["reference"]
+    (all-positions: the faster PyTorch without -labelled; ratios in each library's "vs_reference") and
+    result["reference_same_work"] (the faster -labelled one, the head at the labelled rows only; "vs_same_work").
+    """
     libs = result["libraries"]
     flops = result["flops"]
     tokens = result["tokens"]
@@ -59,48 +62,53 @@ def summarize(result) -> None:
             sc, train = lib["scatter"], lib["train"]
             sc.update(_stats_ms(sc["times_s"]))
             sc["share_of_step"] = sc["median_ms"] / (train.get("quiet_median_ms") or train["median_ms"])
-        if lib["kind"] == "reference" and lib.get("train", {}).get("median_ms"):
+        if lib["kind"] == "reference" and not name.endswith("-labelled") and lib.get("train", {}).get("median_ms"):
+            # the FLOPs BertForMaskedLM executes: the head at all B*T positions (a -labelled one executes the useful)
             lib["train"]["gflops_executed"] = (flops["pytorch_train_executed"]["total"]
                                                / (lib["train"]["median_ms"] / 1000) / 1e9)
-    candidates = [n for n, lib in libs.items() if lib["kind"] == "reference" and "-labelled" not in n
-                  and lib.get("train", {}).get("median_ms")]
-    # the faster PyTorch attention; judged on quiet bursts where every candidate has some
-    key = ("quiet_median_ms" if all(libs[n]["train"].get("quiet_median_ms") for n in candidates)
-           else "median_ms")
-    reference = min(candidates, key=lambda n: libs[n]["train"][key]) if candidates else None
-    result["reference_chosen_by"] = key
-    result["reference"] = reference
-    if reference is None:
-        return
-    ref = libs[reference]
+    for slot, same_work in (("reference", False), ("reference_same_work", True)):
+        candidates = [n for n, lib in libs.items() if lib["kind"] == "reference"
+                      and n.endswith("-labelled") == same_work and lib.get("train", {}).get("median_ms")]
+        # the faster PyTorch attention; judged on quiet bursts where every candidate has some
+        key = ("quiet_median_ms" if all(libs[n]["train"].get("quiet_median_ms") for n in candidates)
+               else "median_ms")
+        result[f"{slot}_chosen_by"] = key
+        result[slot] = min(candidates, key=lambda n: libs[n]["train"][key]) if candidates else None
+    for slot, field in (("reference", "vs_reference"), ("reference_same_work", "vs_same_work")):
+        if result[slot] is not None:
+            for lib in libs.values():
+                lib[field] = _ratios(lib, libs[result[slot]], result)
+
+
+def _ratios(lib, ref, result) -> dict:
+    """lib's times, memory and GEMM peak over the reference `ref`'s: plain, paired by round, quiet rounds."""
+    ratios = {}
     ref_bursts = {b["round"]: b["median_s"] for b in ref["train"]["bursts"]}
-    for name, lib in libs.items():
-        ratios = {}
-        for store in ("train", "inference"):
-            if lib.get(store, {}).get("median_ms") and ref.get(store, {}).get("median_ms"):
-                ratios[f"{store}_time"] = lib[store]["median_ms"] / ref[store]["median_ms"]
-        paired = [b["median_s"] / ref_bursts[b["round"]] for b in lib.get("train", {}).get("bursts", [])
-                  if b["round"] in ref_bursts]
-        if paired:
-            ratios["train_time_paired_median"] = statistics.median(paired)
-            ratios["train_time_paired_min"], ratios["train_time_paired_max"] = min(paired), max(paired)
-        ref_quiet = {b["round"]: b["median_s"] for b in ref["train"]["bursts"] if not _noisy(b, result)}
-        paired = [b["median_s"] / ref_quiet[b["round"]] for b in lib.get("train", {}).get("bursts", [])
-                  if b["round"] in ref_quiet and not _noisy(b, result)]
-        ratios["train_time_paired_quiet_median"] = statistics.median(paired) if paired else None
-        ratios["train_time_paired_quiet_rounds"] = len(paired)
-        if lib.get("train", {}).get("quiet_median_ms") and ref["train"].get("quiet_median_ms"):
-            ratios["train_time_quiet"] = lib["train"]["quiet_median_ms"] / ref["train"]["quiet_median_ms"]
-        ref_ib = {b["round"]: b["median_s"] for b in ref.get("inference", {}).get("bursts", [])}
-        paired = [b["median_s"] / ref_ib[b["round"]] for b in lib.get("inference", {}).get("bursts", [])
-                  if b["round"] in ref_ib]
-        if paired:
-            ratios["inference_time_paired_median"] = statistics.median(paired)
-        mem, ref_mem = lib.get("memory", {}), ref.get("memory", {})
-        if mem.get("peak_delta") and ref_mem.get("peak_delta"):
-            ratios["memory_peak_delta"] = mem["peak_delta"] / ref_mem["peak_delta"]
-        if (mem.get("device_peak") or {}).get("bytes") and (ref_mem.get("device_peak") or {}).get("bytes"):
-            ratios["device_memory_peak"] = mem["device_peak"]["bytes"] / ref_mem["device_peak"]["bytes"]
-        if lib.get("gemm") and ref.get("gemm"):
-            ratios["gemm_peak"] = lib["gemm"]["gflops_best"] / ref["gemm"]["gflops_best"]
-        lib["vs_reference"] = ratios
+    for store in ("train", "inference"):
+        if lib.get(store, {}).get("median_ms") and ref.get(store, {}).get("median_ms"):
+            ratios[f"{store}_time"] = lib[store]["median_ms"] / ref[store]["median_ms"]
+    paired = [b["median_s"] / ref_bursts[b["round"]] for b in lib.get("train", {}).get("bursts", [])
+              if b["round"] in ref_bursts]
+    if paired:
+        ratios["train_time_paired_median"] = statistics.median(paired)
+        ratios["train_time_paired_min"], ratios["train_time_paired_max"] = min(paired), max(paired)
+    ref_quiet = {b["round"]: b["median_s"] for b in ref["train"]["bursts"] if not _noisy(b, result)}
+    paired = [b["median_s"] / ref_quiet[b["round"]] for b in lib.get("train", {}).get("bursts", [])
+              if b["round"] in ref_quiet and not _noisy(b, result)]
+    ratios["train_time_paired_quiet_median"] = statistics.median(paired) if paired else None
+    ratios["train_time_paired_quiet_rounds"] = len(paired)
+    if lib.get("train", {}).get("quiet_median_ms") and ref["train"].get("quiet_median_ms"):
+        ratios["train_time_quiet"] = lib["train"]["quiet_median_ms"] / ref["train"]["quiet_median_ms"]
+    ref_ib = {b["round"]: b["median_s"] for b in ref.get("inference", {}).get("bursts", [])}
+    paired = [b["median_s"] / ref_ib[b["round"]] for b in lib.get("inference", {}).get("bursts", [])
+              if b["round"] in ref_ib]
+    if paired:
+        ratios["inference_time_paired_median"] = statistics.median(paired)
+    mem, ref_mem = lib.get("memory", {}), ref.get("memory", {})
+    if mem.get("peak_delta") and ref_mem.get("peak_delta"):
+        ratios["memory_peak_delta"] = mem["peak_delta"] / ref_mem["peak_delta"]
+    if (mem.get("device_peak") or {}).get("bytes") and (ref_mem.get("device_peak") or {}).get("bytes"):
+        ratios["device_memory_peak"] = mem["device_peak"]["bytes"] / ref_mem["device_peak"]["bytes"]
+    if lib.get("gemm") and ref.get("gemm"):
+        ratios["gemm_peak"] = lib["gemm"]["gflops_best"] / ref["gemm"]["gflops_best"]
+    return ratios
