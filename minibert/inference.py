@@ -1,4 +1,6 @@
-"""Using a trained run: load it onto a backend, evaluate it, fill in [MASK] tokens (host side).
+"""Using a trained run: load it onto a backend, evaluate it, fill in [MASK] tokens (host side); for a fine-tuned
+classifier, `load_classifier_run`, `evaluate_classifier` (also the held-out metrics during fine-tuning) and
+`predict_text`.
 
 Readers take no lock: they read the newest complete checkpoint, also while a run is training.
 """
@@ -13,7 +15,11 @@ import backends
 from minibert import checkpoint as ckpt
 from minibert.api import compiled, mlm_logits
 from minibert.batch import check_batch, device_batch
-from minibert.config import IGNORE_LABEL
+from minibert.classify import check_classify_batch, classify_device_batch, classify_logits, classify_metrics
+from minibert.config import IGNORE_LABEL, BertConfig
+from minibert.finetune_encode import EncodedExamples, FinetuneBatcher, encode_texts, encode_words, pad_batch
+from minibert.finetune_settings import TASKS, resume_settings
+from minibert.metrics import accuracy, is_bio_tagset, macro_f1, pearson, span_f1, spearman, token_accuracy
 from minibert.model import masked_lm_metrics
 from minibert.tokenizer import WordPieceTokenizer
 
@@ -79,3 +85,98 @@ def fill_mask(text: str, config, params, tokenizer: WordPieceTokenizer, backend,
         best = np.argsort(-probs)[:top_k]
         fills.append([(tokenizer.id_to_token(int(i)), float(probs[i])) for i in best])
     return fills
+
+
+def evaluate_classifier(params, encoded: EncodedExamples, config: BertConfig, backend, batch_size: int,
+                        baseline: float | None) -> dict:
+    """Held-out metrics of a classifier on `encoded` (labelled examples, encoded): eval_loss (mean over labelled rows),
+    and accuracy + macro_f1 (classes), token_accuracy (+ span_f1/precision/recall for BIO tags) or
+    pearson + spearman (regression); `baseline` (majority-class accuracy) is added as baseline_accuracy."""
+    metrics_fn = compiled(classify_metrics, config, backend)
+    dtype = params["embeddings.word"].dtype
+    batcher = FinetuneBatcher(encoded, min(batch_size, len(encoded)), 0, shuffle=False,
+                              pad_to=max(len(ids) for ids in encoded.input_ids))
+    total_loss, count, outputs, labels = 0.0, 0.0, [], []
+    for i in range(batcher.batches_per_epoch):
+        batch = check_classify_batch(batcher.batch(0, i), config)
+        arrays = classify_device_batch(batch, backend, dtype)
+        loss_sum, logits = metrics_fn(params, arrays)
+        total_loss += float(backend.to_numpy(loss_sum))
+        count += float(np.sum(batch["labels"] != IGNORE_LABEL))      # regression targets are never -100
+        outputs.append(backend.to_numpy(logits).astype(np.float64))
+        labels.append(batch["labels"])
+    metrics = {"eval_loss": total_loss / count, "eval_examples": len(encoded)}
+    if config.problem_type == "regression":
+        predictions, targets = np.concatenate(outputs)[:, 0], np.concatenate(labels)
+        for name, fn in (("pearson", pearson), ("spearman", spearman)):
+            try:
+                metrics[name] = fn(predictions, targets)
+            except ValueError:            # a constant prediction (or target) has no correlation
+                metrics[name] = None
+        return metrics
+    if config.task == "sequence":
+        predictions, targets = np.concatenate(outputs).argmax(-1), np.concatenate(labels)
+        metrics.update(accuracy=accuracy(predictions, targets), macro_f1=macro_f1(predictions, targets))
+    else:
+        rows = [(p.argmax(-1), t) for out, lab in zip(outputs, labels) for p, t in zip(out, lab)]
+        metrics["token_accuracy"] = token_accuracy(np.concatenate([p for p, _ in rows]),
+                                                   np.concatenate([t for _, t in rows]))
+        if is_bio_tagset(list(config.id2label.values())):
+            true_tags = [[config.id2label[int(i)] for i in t[t != IGNORE_LABEL]] for _, t in rows]
+            predicted = [[config.id2label[int(i)] for i in p[t != IGNORE_LABEL]] for p, t in rows]
+            spans = span_f1(true_tags, predicted)
+            metrics.update(span_f1=spans["f1"], span_precision=spans["precision"], span_recall=spans["recall"])
+    if baseline is not None:
+        metrics["baseline_accuracy"] = baseline
+    return metrics
+
+
+def summarize(metrics: dict) -> str:
+    """One line of the headline metrics."""
+    if "pearson" in metrics:
+        show = lambda v: "n/a (constant)" if v is None else f"{v:.3f}"     # noqa: E731
+        return (f"held-out loss {metrics['eval_loss']:.4f}  pearson {show(metrics['pearson'])}  spearman "
+                f"{show(metrics['spearman'])}")
+    if "accuracy" in metrics:
+        line = (f"held-out accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}  loss "
+                f"{metrics['eval_loss']:.3f}")
+    else:
+        line = f"held-out token accuracy {metrics['token_accuracy']:.3f}  loss {metrics['eval_loss']:.3f}"
+        if "span_f1" in metrics:
+            line += f"  span F1 {metrics['span_f1']:.3f}"
+    return line + f"  (majority-class baseline {metrics['baseline_accuracy']:.3f})"
+
+
+def load_classifier_run(run_dir, backend_name: str | None = None):
+    """(settings, config, params on the backend, tokenizer, backend, max_len) of a fine-tuned run's newest
+    checkpoint."""
+    config, params, tokenizer, backend = load_run(run_dir, backend_name)
+    if config.task not in TASKS:
+        raise ValueError(f"{run_dir} is a masked-LM run (task {config.task!r}), not a fine-tuned classifier")
+    max_len = ckpt.read_run_config(run_dir).get("max_len", config.max_position)
+    return resume_settings(run_dir), config, params, tokenizer, backend, max_len
+
+
+def predict_text(text: str, config: BertConfig, params, tokenizer: WordPieceTokenizer, backend, max_len: int,
+                 text_pair: str | None = None) -> list[tuple[str, dict[str, float]]]:
+    """The prediction of a fine-tuned classifier for one text: [(label, {label: probability})] for a sequence
+    task (one entry; regression: [(str(value), {})]), or one (tag, probabilities) per whitespace-separated word
+    for a token task (a word truncated away by `max_len` gets tag "" and no probabilities)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
+    if config.task == "token":
+        encoded = encode_words([text.split()], tokenizer, max_len)
+    else:
+        encoded = encode_texts([text], tokenizer, max_len, None if text_pair is None else [text_pair])
+    batch = pad_batch(encoded, [0], pad_id=tokenizer.pad_id)
+    logits = backend.to_numpy(classify_logits(params, batch["input_ids"], batch["attention_mask"],
+                                              batch["token_type_ids"], config=config, backend=backend))
+    logits = logits.astype(np.float64)[0]                                  # [C] or [T, C]
+    if config.problem_type == "regression":
+        return [(f"{logits[0]:.4f}", {})]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    rows = [probs] if config.task == "sequence" else [probs[i] if i >= 0 else None for i in encoded.word_starts[0]]
+    return [("", {}) if row is None else
+            (config.id2label[int(row.argmax())], {config.id2label[i]: float(p) for i, p in enumerate(row)})
+            for row in rows]

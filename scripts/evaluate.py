@@ -59,7 +59,8 @@ def main(argv=None) -> int:
 
 
 def _evaluate_classifier(args) -> int:
-    from minibert.finetune import encode, evaluate_classifier, load_classifier_run, load_task, summarize
+    from minibert.finetune import encode, load_task
+    from minibert.inference import evaluate_classifier, load_classifier_run, summarize
 
     settings, config, params, tokenizer, backend, max_len = load_classifier_run(args.run_dir, args.backend)
     data = load_task(settings, args.eval)

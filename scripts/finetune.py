@@ -24,7 +24,8 @@ import signal
 import sys
 
 from minibert.config import PRESETS
-from minibert.finetune import FinetuneSettings, finetune, resume_settings
+from minibert.finetune import finetune
+from minibert.finetune_settings import FinetuneSettings, resume_settings
 from minibert.loop import NonFiniteError
 from minibert.rundir import RunIOError
 

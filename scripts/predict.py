@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
 
 def _classify(args) -> int:
-    from minibert.finetune import load_classifier_run, predict_text
+    from minibert.inference import load_classifier_run, predict_text
 
     settings, config, params, tokenizer, backend, max_len = load_classifier_run(args.run_dir, args.backend)
     if (settings.text_pair_column is None) != (args.text_pair is None):

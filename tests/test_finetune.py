@@ -232,7 +232,7 @@ def test_export_loads_in_a_transformers_pipeline_with_the_same_prediction(script
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("torch")
     import backends
-    from minibert.finetune import load_classifier_run, predict_text
+    from minibert.inference import load_classifier_run, predict_text
 
     run_dir, _ = sequence_run
     out = tmp_path / "hf"
