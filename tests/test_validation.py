@@ -280,6 +280,11 @@ SETTINGS_CASES = [
     ({"eval_batches": -1}, r"--eval-batches must be an int >= 0 \(0 = all\), got -1"),
     ({"seed": -1}, r"--seed must be a non-negative int, got -1"),
     ({"resume_fallback": True}, r"--resume-fallback only applies with --resume DIR"),
+    ({"mask_rate": 0.0}, r"--mask-rate must be a number in \(0, 1\), the share of tokens to predict, got 0\.0"),
+    ({"mask_rate": 1.0}, r"--mask-rate must be a number in \(0, 1\).*got 1\.0"),
+    ({"mask_rate": float("nan")}, r"--mask-rate must be a number in \(0, 1\).*got nan"),
+    ({"lr_schedule": "cosine"}, r"--lr-schedule must be one of linear, one-cycle, got 'cosine'"),
+    ({"lr_schedule": "one-cycle", "warmup": 10}, r"--warmup 10 cannot be used with --lr-schedule one-cycle"),
 ]
 
 
