@@ -46,20 +46,20 @@ class TrainSettings:
     """Everything a run depends on. Field names are the command-line flags (with - for _)."""
 
     backend: str | None = None
-    config: str = "seed"
+    config: str = "tiny"
     corpus: tuple[str, ...] = ()
-    vocab_size: int = 8192
-    steps: int = 1000
+    vocab_size: int = 4096
+    steps: int = 5600
     batch_size: int = 32
     seq_len: int = 64
     accum_steps: int = 1
-    mask_rate: float = 0.15        # share of each sequence's non-special tokens to predict (80/10/10 kept)
+    mask_rate: float = 0.3         # share of each sequence's non-special tokens to predict (80/10/10 kept)
     lr: float = 1e-3
     lr_schedule: str = "linear"    # linear: warm-up then linear decay; one-cycle: the peak at half the steps
     warmup: int | None = None      # None = 10% of steps (linear); not with one-cycle
     weight_decay: float = 0.01
     clip_norm: float = 1.0
-    dropout: float = 0.1
+    dropout: float = 0.0
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 0          # 0 = the whole held-out split

@@ -48,7 +48,7 @@ def test_schedule_on_a_0d_array_matches_the_python_int_path():
 @pytest.fixture(scope="module")
 def small_corpus_settings(corpus, tokenizer_cache, monkeypatch_module):
     monkeypatch_module.setenv("MINIBERT_CACHE", str(tokenizer_cache))
-    return TrainSettings(config="tiny", corpus=(str(corpus),), vocab_size=1000, seq_len=32, batch_size=8)
+    return TrainSettings(config="tiny", corpus=(str(corpus),), vocab_size=1000, seq_len=32, batch_size=8, mask_rate=0.15)
 
 
 @pytest.fixture(scope="module")
