@@ -53,10 +53,10 @@ class TrainSettings:
     batch_size: int = 32
     seq_len: int = 64
     accum_steps: int = 1
-    mask_rate: float = 0.3         # share of each sequence's non-special tokens to predict (80/10/10 kept)
-    lr: float = 1e-3
-    lr_schedule: str = "linear"    # linear: warm-up then linear decay; one-cycle: the peak at half the steps
-    warmup: int | None = None      # None = 10% of steps (linear); not with one-cycle
+    mask_rate: float = 0.3          # share of each sequence's non-special tokens to predict (80/10/10 kept)
+    lr: float = 2e-3
+    lr_schedule: str = "one-cycle"  # linear: warm-up then linear decay; one-cycle: the peak at half the steps
+    warmup: int | None = None       # None = 10% of steps (linear); not with one-cycle
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     dropout: float = 0.0

@@ -20,7 +20,7 @@ def _schedule(settings: TrainSettings) -> np.ndarray:
 
 
 def test_linear_schedule_warms_up_for_a_tenth_then_decays_to_zero():
-    lrs = _schedule(TrainSettings(steps=100, lr=1e-3))
+    lrs = _schedule(TrainSettings(steps=100, lr=1e-3, lr_schedule="linear"))
     assert int(np.argmax(lrs)) == 9 and lrs[9] == pytest.approx(1e-3)       # step 9 is update 10 of 10
     assert (np.diff(lrs[:10]) > 0).all() and (np.diff(lrs[10:]) < 0).all()
     assert lrs[-1] == pytest.approx(1e-3 / 90)                               # the last update, then 0
@@ -35,7 +35,7 @@ def test_one_cycle_rises_to_the_peak_at_half_the_steps_and_falls_linearly_to_zer
     np.testing.assert_allclose(np.diff(lrs[50:]), np.full(49, -2e-3 / 50))             # linear down, in equal steps
     assert lrs[-1] == pytest.approx(2e-3 / 50)
     # the same schedule as a linear one with half the steps of warm-up: one code path
-    linear = TrainSettings(steps=100, lr=2e-3, warmup=50)
+    linear = TrainSettings(steps=100, lr=2e-3, lr_schedule="linear", warmup=50)
     np.testing.assert_allclose(lrs, _schedule(linear))
 
 

@@ -276,7 +276,7 @@ SETTINGS_CASES = [
     ({"dropout": -0.5}, r"--dropout must be in \[0, 1\), got -0\.5"),
     ({"dtype": "float16"}, r"--dtype must be one of float32, float64, got 'float16'"),
     ({"config": "huge"}, r"--config: unknown preset 'huge'; allowed: seed, tiny, mini, small, base"),
-    ({"warmup": 20, "steps": 10}, r"--warmup must be an int in \[0, --steps=10\], got 20"),
+    ({"warmup": 20, "steps": 10, "lr_schedule": "linear"}, r"--warmup must be an int in \[0, --steps=10\], got 20"),
     ({"eval_batches": -1}, r"--eval-batches must be an int >= 0 \(0 = all\), got -1"),
     ({"seed": -1}, r"--seed must be a non-negative int, got -1"),
     ({"resume_fallback": True}, r"--resume-fallback only applies with --resume DIR"),
