@@ -55,6 +55,8 @@ def mask_tokens(input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int
     of those, 80% become [MASK], 10% a random non-special token, 10% stay. Returns (masked_ids, labels),
     labels holding the original id at picked positions and `IGNORE_LABEL` (-100) elsewhere.
     """
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob!r}")
     maskable = ~np.isin(input_ids, special_ids)
     num_maskable = maskable.sum(axis=1)
     num_picked = np.minimum(np.maximum(np.rint(mask_prob * num_maskable), 1), num_maskable)
@@ -159,6 +161,8 @@ class MLMBatcher(EpochBatcher):
         if num_sequences < batch_size:
             raise ValueError(f"only {num_sequences} sequences, fewer than one batch of batch_size={batch_size}; "
                              f"use a bigger corpus, a shorter seq_len or a smaller batch")
+        if not 0.0 < mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), the share of tokens to predict, got {mask_prob!r}")
         super().__init__(num_sequences, batch_size, seed, shuffle=shuffle, drop_last=drop_last)
         self.vocab_size = vocab_size
         self.mask_prob = mask_prob
@@ -177,9 +181,11 @@ class MLMBatcher(EpochBatcher):
 
 
 def build_datasets(train_docs: Sequence[str], heldout_docs: Sequence[str], tokenizer: WordPieceTokenizer, seq_len: int,
-                   seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Tokenize and pack both parts of a corpus: (train_sequences, heldout_sequences), see `pack_sequences`."""
+                   seed: int, heldout_seed: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Tokenize and pack both parts of a corpus: (train_sequences, heldout_sequences), see `pack_sequences`;
+    the held-out part with `heldout_seed` (default: `seed`)."""
     special = dict(cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)
     train = pack_sequences(tokenizer.encode_batch(train_docs), seq_len, seed, **special)
-    heldout = pack_sequences(tokenizer.encode_batch(heldout_docs), seq_len, seed, **special)
+    heldout = pack_sequences(tokenizer.encode_batch(heldout_docs), seq_len, seed if heldout_seed is None else heldout_seed,
+                             **special)
     return train, heldout

@@ -26,7 +26,14 @@ from minibert.rundir import open_run
 from minibert.settings import RESUME_FIXED, TrainSettings, get_backend
 from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
 
-EVAL_SEED = 1234            # held-out masking is drawn once from this seed, the same in every evaluation
+# The held-out set is one fixed draw, the same in every evaluation and for every training recipe: its packing seed
+# (where each sequence splits into A and B), masking seed, masking rate and batch size (masks are drawn per batch)
+# are constants, not the run's --seed/--mask-rate/--batch-size. Packing uses seed 0, the default --seed, so
+# default runs see the held-out sequences they always did.
+EVAL_PACK_SEED = 0
+EVAL_SEED = 1234
+EVAL_MASK_RATE = 0.15
+EVAL_BATCH_SIZE = 32
 SCRIPT = "scripts/train.py"
 
 
@@ -55,7 +62,8 @@ def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
         train_docs, heldout_docs = load_default_corpus()
     tokenizer = (WordPieceTokenizer.from_vocab(str(vocab_path)) if vocab_path is not None
                  else train_wordpiece(train_docs, settings.vocab_size))
-    train_seqs, heldout_seqs = build_datasets(train_docs, heldout_docs, tokenizer, settings.seq_len, settings.seed)
+    train_seqs, heldout_seqs = build_datasets(train_docs, heldout_docs, tokenizer, settings.seq_len, settings.seed,
+                                              heldout_seed=EVAL_PACK_SEED)
     corpus = (f"--corpus {' '.join(settings.corpus)}" if settings.corpus else "the embedded corpus")
     num_train = len(train_seqs["input_ids"])
     if num_train < settings.batch_size:
@@ -68,9 +76,11 @@ def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
                          f"{_count(len(train_docs) + len(heldout_docs), 'paragraph')}) gives no sequence of "
                          f"--seq-len={settings.seq_len}; add text (at least a few paragraphs separated by blank "
                          "lines) or use a shorter --seq-len")
-    train = MLMBatcher(train_seqs, settings.batch_size, tokenizer.vocab_size, settings.seed)
-    eval_batch = min(settings.batch_size, len(heldout_seqs["input_ids"]))
-    heldout = MLMBatcher(heldout_seqs, eval_batch, tokenizer.vocab_size, EVAL_SEED, shuffle=False, drop_last=False)
+    train = MLMBatcher(train_seqs, settings.batch_size, tokenizer.vocab_size, settings.seed,
+                       mask_prob=settings.mask_rate)
+    eval_batch = min(EVAL_BATCH_SIZE, len(heldout_seqs["input_ids"]))
+    heldout = MLMBatcher(heldout_seqs, eval_batch, tokenizer.vocab_size, EVAL_SEED, shuffle=False, drop_last=False,
+                         mask_prob=EVAL_MASK_RATE)
     counts = np.bincount(train_seqs["input_ids"].reshape(-1), minlength=tokenizer.vocab_size)
     counts[list(tokenizer.special_ids)] = 0
     baseline_token = int(np.argmax(counts))

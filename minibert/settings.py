@@ -21,6 +21,7 @@ from minibert.optim import AdamWConfig
 from minibert.tokenizer import SPECIAL_TOKENS
 
 DTYPES = ("float32", "float64")
+LR_SCHEDULES = ("linear", "one-cycle")
 
 # field names of AdamWConfig / BertConfig in their error messages -> the flag that sets them
 _FLAG_OF_FIELD = {"warmup_steps": "--warmup", "total_steps": "--steps", "lr": "--lr", "weight_decay": "--weight-decay",
@@ -45,18 +46,20 @@ class TrainSettings:
     """Everything a run depends on. Field names are the command-line flags (with - for _)."""
 
     backend: str | None = None
-    config: str = "seed"
+    config: str = "tiny"
     corpus: tuple[str, ...] = ()
-    vocab_size: int = 8192
-    steps: int = 1000
+    vocab_size: int = 4096
+    steps: int = 5600
     batch_size: int = 32
     seq_len: int = 64
     accum_steps: int = 1
-    lr: float = 1e-3
-    warmup: int | None = None      # None = 10% of steps
+    mask_rate: float = 0.3          # share of each sequence's non-special tokens to predict (80/10/10 kept)
+    lr: float = 2e-3
+    lr_schedule: str = "one-cycle"  # linear: warm-up then linear decay; one-cycle: the peak at half the steps
+    warmup: int | None = None       # None = 10% of steps (linear); not with one-cycle
     weight_decay: float = 0.01
     clip_norm: float = 1.0
-    dropout: float = 0.1
+    dropout: float = 0.0
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 0          # 0 = the whole held-out split
@@ -101,6 +104,14 @@ class TrainSettings:
         for name in ("lr", "weight_decay", "clip_norm", "dropout"):
             if not _is_real(getattr(self, name)):
                 raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
+        if not _is_real(self.mask_rate) or not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"--mask-rate must be a number in (0, 1), the share of tokens to predict, "
+                             f"got {self.mask_rate!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "one-cycle" and self.warmup is not None:
+            raise ValueError(f"--warmup {self.warmup!r} cannot be used with --lr-schedule one-cycle, whose peak is "
+                             "at half the steps; use --lr-schedule linear --warmup N for another warm-up")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.corpus, (tuple, list)) or not all(isinstance(c, str) and c for c in self.corpus):
@@ -149,7 +160,12 @@ class TrainSettings:
                              f"{self.num_processes}; allowed: 0..{self.num_processes - 1}")
 
     def optimizer(self) -> AdamWConfig:
-        warmup = self.steps // 10 if self.warmup is None else self.warmup
+        """AdamW with the schedule: "linear" warms up for --warmup steps (default 10%) then decays linearly to 0
+        (BERT); "one-cycle" rises linearly to the peak at half the steps and falls linearly to 0 (Cramming)."""
+        if self.lr_schedule == "one-cycle":
+            warmup = self.steps // 2
+        else:
+            warmup = self.steps // 10 if self.warmup is None else self.warmup
         return AdamWConfig(lr=self.lr, warmup_steps=warmup, total_steps=self.steps,
                            weight_decay=self.weight_decay, clip_norm=self.clip_norm)
 
@@ -164,8 +180,10 @@ LAUNCH = ("devices", "distributed", "coordinator", "num_processes", "process_id"
 
 
 # settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
-RESUME_FIXED = ("config", "corpus", "vocab_size", "batch_size", "seq_len", "accum_steps", "lr", "warmup",
-                "weight_decay", "clip_norm", "dropout", "seed", "dtype", "steps", "init_from")
+RESUME_FIXED = ("config", "corpus", "vocab_size", "batch_size", "seq_len", "accum_steps", "mask_rate", "lr",
+                "lr_schedule", "warmup", "weight_decay", "clip_norm", "dropout", "seed", "dtype", "steps", "init_from")
+# settings added after runs were first saved: the value a saved run without them was trained with
+_BEFORE_FLAG = {"mask_rate": 0.15, "lr_schedule": "linear"}
 
 
 def resume_settings(run_dir, **overrides) -> TrainSettings:
@@ -177,7 +195,7 @@ def resume_settings(run_dir, **overrides) -> TrainSettings:
         raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.RUN_CONFIG} has no \"training\" section: "
                                    f"--resume {run_dir} needs a run written by scripts/train.py")
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
-    values = {k: (tuple(v) if k == "corpus" else v) for k, v in saved.items() if k in fields}
+    values = {**_BEFORE_FLAG, **{k: (tuple(v) if k == "corpus" else v) for k, v in saved.items() if k in fields}}
     values.update(overrides, resume=str(run_dir))
     return TrainSettings(**values)
 

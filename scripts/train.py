@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Pretrain a BERT masked-LM from scratch, on any backend, with no download.
 
-    python scripts/train.py                                  # numpy (or $MINIBERT_BACKEND), `seed` preset,
-                                                             # the embedded corpus, about 4 minutes on 2 cores
+    python scripts/train.py                                  # numpy (or $MINIBERT_BACKEND), `tiny` preset,
+                                                             # the embedded corpus, about 9 minutes on 2 cores
     MINIBERT_BACKEND=jax python scripts/train.py --config mini --seq-len 128
     python scripts/train.py --resume runs/20261127-120000    # continue a stopped run exactly
     python scripts/train.py --backend jax --devices all      # data-parallel over every device of this machine
@@ -18,7 +18,7 @@ from minibert.config import PRESETS
 from minibert.loop import NonFiniteError
 from minibert.pretrain import train
 from minibert.rundir import RunIOError
-from minibert.settings import TrainSettings, resume_settings
+from minibert.settings import LR_SCHEDULES, TrainSettings, resume_settings
 
 DEFAULTS = TrainSettings()
 
@@ -37,8 +37,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help=f"sequences per micro-batch (default {d.batch_size})")
     p.add_argument("--seq-len", type=int, help=f"tokens per sequence, [CLS] A [SEP] B [SEP] (default {d.seq_len})")
     p.add_argument("--accum-steps", type=int, help=f"micro-batches accumulated per update (default {d.accum_steps})")
+    p.add_argument("--mask-rate", type=float, help="share of each sequence's tokens to predict, of those 80%% "
+                   f"[MASK], 10%% random, 10%% unchanged (default {d.mask_rate}; held-out evaluation always masks 15%%)")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--warmup", type=int, help="linear warm-up steps, then linear decay to 0 (default: 10%% of --steps)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="linear: --warmup steps up, then linear decay to 0; one-cycle: linear up to the peak at half "
+                        f"the steps, then linear down to 0 (default {d.lr_schedule})")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps, then linear decay to 0 (default: 10%% of --steps; "
+                   "--lr-schedule linear only)")
     p.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {d.weight_decay})")
     p.add_argument("--clip-norm", type=float, help=f"global gradient-norm clipping (default {d.clip_norm})")
     p.add_argument("--dropout", type=float, help=f"hidden and attention dropout (default {d.dropout})")

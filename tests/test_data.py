@@ -186,16 +186,18 @@ def test_packing_is_seeded():
 
 # --- masking and batching -------------------------------------------------------------------------------
 
-def test_masking_statistics(packed, tok):
+@pytest.mark.parametrize("rate", [None, 0.4])     # None: the default, BERT's 15%
+def test_masking_statistics(packed, tok, rate):
     ids = packed["input_ids"]
-    masked, labels = mask_tokens(ids, np.random.default_rng(0), tok.vocab_size)
+    masked, labels = mask_tokens(ids, np.random.default_rng(0), tok.vocab_size,
+                                 **({} if rate is None else {"mask_prob": rate}))
     assert masked.dtype == labels.dtype == np.int32
     special = np.isin(ids, tok.special_ids)
     picked = labels != IGNORE_LABEL
     assert not (picked & special).any() and (masked[special] == ids[special]).all()
     assert (labels[picked] == ids[picked]).all() and (masked[~picked] == ids[~picked]).all()
     assert (picked.sum(axis=1) >= 1).all()
-    assert abs(picked.sum() / (~special).sum() - 0.15) < 0.01
+    assert abs(picked.sum() / (~special).sum() - (0.15 if rate is None else rate)) < 0.01
     to_mask = (masked[picked] == tok.mask_id).mean()
     unchanged = (masked[picked] == ids[picked]).mean()
     random = 1 - to_mask - unchanged
@@ -237,6 +239,14 @@ def test_batcher_resume_is_exact(packed, tok):
         assert all(np.array_equal(expected[k], got[k]) for k in expected)
     with pytest.raises(ValueError, match="seed"):
         MLMBatcher(packed, batch_size=16, vocab_size=tok.vocab_size, seed=8).load_state_dict(state)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.2, float("nan")])
+def test_mask_rate_outside_0_1_is_refused(packed, tok, rate):
+    with pytest.raises(ValueError, match=r"mask_prob must be in \(0, 1\)"):
+        mask_tokens(packed["input_ids"][:2], np.random.default_rng(0), tok.vocab_size, mask_prob=rate)
+    with pytest.raises(ValueError, match=r"mask_prob must be in \(0, 1\), the share of tokens to predict"):
+        MLMBatcher(packed, batch_size=8, vocab_size=tok.vocab_size, seed=0, mask_prob=rate)
 
 
 def test_too_few_sequences(packed, tok):

@@ -276,10 +276,15 @@ SETTINGS_CASES = [
     ({"dropout": -0.5}, r"--dropout must be in \[0, 1\), got -0\.5"),
     ({"dtype": "float16"}, r"--dtype must be one of float32, float64, got 'float16'"),
     ({"config": "huge"}, r"--config: unknown preset 'huge'; allowed: seed, tiny, mini, small, base"),
-    ({"warmup": 20, "steps": 10}, r"--warmup must be an int in \[0, --steps=10\], got 20"),
+    ({"warmup": 20, "steps": 10, "lr_schedule": "linear"}, r"--warmup must be an int in \[0, --steps=10\], got 20"),
     ({"eval_batches": -1}, r"--eval-batches must be an int >= 0 \(0 = all\), got -1"),
     ({"seed": -1}, r"--seed must be a non-negative int, got -1"),
     ({"resume_fallback": True}, r"--resume-fallback only applies with --resume DIR"),
+    ({"mask_rate": 0.0}, r"--mask-rate must be a number in \(0, 1\), the share of tokens to predict, got 0\.0"),
+    ({"mask_rate": 1.0}, r"--mask-rate must be a number in \(0, 1\).*got 1\.0"),
+    ({"mask_rate": float("nan")}, r"--mask-rate must be a number in \(0, 1\).*got nan"),
+    ({"lr_schedule": "cosine"}, r"--lr-schedule must be one of linear, one-cycle, got 'cosine'"),
+    ({"lr_schedule": "one-cycle", "warmup": 10}, r"--warmup 10 cannot be used with --lr-schedule one-cycle"),
 ]
 
 
