@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 
+from minibert.command import run_command
 from minibert.config import PRESETS
 from minibert.finetune import finetune
 from minibert.finetune_settings import FinetuneSettings, resume_settings
-from minibert.loop import NonFiniteError
-from minibert.rundir import RunIOError
 
 DEFAULTS = FinetuneSettings()
 
@@ -86,38 +84,11 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
     return dataclasses.replace(DEFAULTS, **given)
 
 
-class _Terminated(Exception):
-    """SIGTERM outside the training loop (which turns it into a checkpoint and a clean stop itself)."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def main(argv=None) -> int:
     """Exit status as scripts/train.py: 0 done; 2 bad input (a data file, a flag, an --init-from that is not a
     BERT, a --resume that does not fit; nothing started, no run directory left); 1 non-finite loss or a failed
     write during the run; 130 / 143 stopped by SIGINT / SIGTERM."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        settings = settings_from_args(parse_args(argv))
-        result = finetune(settings)
-    except (NonFiniteError, RunIOError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:   # DataFileError, CheckpointError: ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, _Terminated) as exc:
-        name = "SIGTERM" if isinstance(exc, _Terminated) or "SIGTERM" in str(exc) else "SIGINT"
-        print(f"{name}: stopped at once, without saving; checkpoints already written are intact (resume with "
-              "--resume DIR if the run had written one)", file=sys.stderr)
-        return 128 + signal.Signals[name].value
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if result.get("interrupted"):
-        return 128 + signal.Signals[result["interrupted"]].value
-    return 0
+    return run_command(lambda: finetune(settings_from_args(parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 
+from minibert.command import run_command
 from minibert.config import PRESETS
-from minibert.loop import NonFiniteError
 from minibert.pretrain import train
-from minibert.rundir import RunIOError
 from minibert.settings import LR_SCHEDULES, TrainSettings, resume_settings
 
 DEFAULTS = TrainSettings()
@@ -97,39 +95,12 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return dataclasses.replace(DEFAULTS, **given)
 
 
-class _Terminated(Exception):
-    """SIGTERM outside the training loop (which turns it into a checkpoint and a clean stop itself)."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def main(argv=None) -> int:
     """Exit status: 0 done; 2 bad input, an --out that cannot be written or a run directory in use by another
     process (nothing started); 1 non-finite loss or gradient, or a failed write (disk full, ...) during the run
     (the last complete checkpoint kept); 130 / 143 stopped by SIGINT / SIGTERM (a checkpoint was written if
     training had started)."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        settings = settings_from_args(parse_args(argv))
-        result = train(settings)
-    except (NonFiniteError, RunIOError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, _Terminated) as exc:
-        name = "SIGTERM" if isinstance(exc, _Terminated) or "SIGTERM" in str(exc) else "SIGINT"
-        print(f"{name}: stopped at once, without saving; checkpoints already written are intact (resume with "
-              "--resume DIR if the run had written one)", file=sys.stderr)
-        return 128 + signal.Signals[name].value
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if result.get("interrupted"):
-        return 128 + signal.Signals[result["interrupted"]].value
-    return 0
+    return run_command(lambda: train(settings_from_args(parse_args(argv))))
 
 
 if __name__ == "__main__":
