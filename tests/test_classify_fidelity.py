@@ -23,7 +23,7 @@ from minibert.hf import (config_from_transformers, encoder_from_transformers, fr
                          params_from_state_dict, params_to_state_dict, to_transformers, transformers_shapes)
 from minibert.params import init_classifier_from, init_host_params  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
-from test_hf_fidelity import (CASES, F64_TOL, GRAD_RTOL, LOGITS_TOL, assert_clean,  # noqa: E402
+from test_hf_fidelity import (CASES, F64_TOL, GRAD_RTOL, LOGITS_TOL, assert_clean, export_perturbed,  # noqa: E402
                               hf_batch, hf_model, on)
 
 # id: (transformers class, encoder case of test_hf_fidelity, extra config fields). Odd sizes: 3 classes on H=48,
@@ -177,14 +177,7 @@ def test_minibert_classifier_export_has_transformers_logits(backend, tmp_path, c
     config = BertConfig(vocab_size=45, hidden_size=24, num_layers=2, num_heads=3, intermediate_size=40,
                         max_position=11, task=TASK[CLASSIFY_CASES[case][0]],
                         **{k: v for k, v in extra.items() if k != "label2id"})
-    host = init_host_params(config, seed=3)
-    rng = np.random.default_rng(1)
-    host = {k: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in host.items()}
-    params = on(backend, host)
-    to_transformers(params, config, tmp_path)                         # backend arrays, converted without being told how
-    _, back = from_transformers(tmp_path)
-    for name, value in host.items():
-        np.testing.assert_array_equal(back[name], value, err_msg=name)
+    params = on(backend, export_perturbed(backend, config, tmp_path))
     model, info = load_hf(tmp_path, CLASSIFY_CASES[case][0])
     assert_clean(info)
     batch = classify_batch(config, 3, 11)

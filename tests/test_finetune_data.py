@@ -85,11 +85,7 @@ def test_token_jsonl_with_integer_tags(tmp_path):
     ("a.txt", "sentence\tlabel\nx\t1\n", {}, ["a.txt", ".tsv, .csv, .jsonl"]),
 ])
 def test_sequence_file_errors(tmp_path, name, content, kwargs, expected):
-    path = write(tmp_path, name, content)
-    with pytest.raises(DataFileError) as info:
-        read_sequence_file(path, **kwargs)
-    for part in expected:
-        assert part in str(info.value)
+    assert_file_error(read_sequence_file, write(tmp_path, name, content), kwargs, expected)
 
 
 @pytest.mark.parametrize("name, content, kwargs, expected", [
@@ -103,9 +99,13 @@ def test_sequence_file_errors(tmp_path, name, content, kwargs, expected):
     ("a.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["a"],\n', {}, ["a.jsonl", "line 2", "bad JSON"]),
 ])
 def test_token_file_errors(tmp_path, name, content, kwargs, expected):
-    path = write(tmp_path, name, content)
+    assert_file_error(read_token_file, write(tmp_path, name, content), kwargs, expected)
+
+
+def assert_file_error(reader, path, kwargs, expected):
+    """`reader(path, **kwargs)` raises DataFileError and its message holds every part of `expected`."""
     with pytest.raises(DataFileError) as info:
-        read_token_file(path, **kwargs)
+        reader(path, **kwargs)
     for part in expected:
         assert part in str(info.value)
 

@@ -251,17 +251,24 @@ def test_transformers_round_trip_is_lossless_and_loads_cleanly(tmp_path):
         np.testing.assert_array_equal(loaded(**inputs).logits.numpy(), model(**inputs).logits.numpy())
 
 
+def export_perturbed(backend, config, folder):
+    """Freshly initialised weights moved off their init values (so nothing is accidentally 0 or 1), exported with
+    `to_transformers` from `backend` arrays (converted without being told how) and read back losslessly; returns
+    the host weights."""
+    host = init_host_params(config, seed=3)
+    rng = np.random.default_rng(1)
+    host = {k: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in host.items()}
+    to_transformers(on(backend, host), config, folder)
+    _, back = from_transformers(folder)
+    assert_tree_close(back, host, rtol=0, atol=0)
+    return host
+
+
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_tanh"])
 def test_minibert_export_loads_in_transformers_with_the_same_logits(backend, tmp_path, hidden_act):
     config = BertConfig(vocab_size=45, hidden_size=24, num_layers=2, num_heads=3, intermediate_size=40,
                         max_position=11, type_vocab_size=2, hidden_act=hidden_act, pad_token_id=0)
-    host = init_host_params(config, seed=3)
-    rng = np.random.default_rng(1)
-    host = {k: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in host.items()}
-    params = on(backend, host)
-    to_transformers(params, config, tmp_path)                 # backend arrays, converted without being told how
-    _, back = from_transformers(tmp_path)
-    assert_tree_close(back, host, rtol=0, atol=0)
+    params = on(backend, export_perturbed(backend, config, tmp_path))
     model, info = load_hf(tmp_path)
     assert_clean(info)
     hf_config = transformers.BertConfig.from_pretrained(str(tmp_path), local_files_only=True)
