@@ -52,29 +52,14 @@ def test_numpy_has_fast_gelu_and_other_backends_run_the_reference():
 def test_fast_gelu_equals_the_reference(shape, dtype):
     """Forward output, saved Phi(x) and backward dx equal the reference's on every backend with the fast op, for
     inputs covering erf's clamp (|x / sqrt 2| > 5), zero and both signs."""
-    candidates = _with_fast_ops()
-    if not candidates:
-        pytest.skip("no backend has fast ops here (MINIBERT_REFERENCE_OPS=1?)")
     rng = np.random.default_rng(sum(shape))
     x_host = rng.standard_normal(shape) * 4.0
     x_host.flat[:3] = [0.0, -9.0, 9.0]
-    dy_host = rng.standard_normal(shape)
-    for be in candidates:
-        plain = _reference(be)
-        x, dy = be.asarray(x_host, dtype=dtype), be.asarray(dy_host, dtype=dtype)
-        y, cache = ops.gelu_forward(x, be)
-        y_ref, cache_ref = ops.gelu_forward(x, plain)
-        # same arithmetic in the same order: equal to the last bit on NumPy; a tolerance of a few ulp otherwise
-        tol = 4 * float(np.finfo(dtype).eps)
-        assert_close(y, y_ref, rtol=tol, atol=tol, name=f"{be.name} gelu y")
+
+    def saved_phi(be, y, cache, cache_ref, tol):
         assert_close(cache.saved, cache_ref.saved, rtol=tol, atol=tol, name=f"{be.name} gelu Phi(x)")
-        dx, grads = ops.gelu_backward(dy, cache)
-        dx_ref, _ = ops.gelu_backward(dy, cache_ref)
-        assert grads == {}
-        assert_close(dx, dx_ref, rtol=tol, atol=tol, name=f"{be.name} gelu dx")
-        if be.name == "numpy":
-            np.testing.assert_array_equal(y, y_ref)
-            np.testing.assert_array_equal(dx, dx_ref)
+    compare_with_reference("gelu", ops.gelu_forward, ops.gelu_backward, x_host, rng.standard_normal(shape), dtype,
+                           saved_phi)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5), (3, 7, 300, 33), (32, 4, 16, 128)])
@@ -82,29 +67,39 @@ def test_fast_gelu_equals_the_reference(shape, dtype):
 def test_fast_softmax_equals_the_reference(shape, dtype):
     """Attention-like scores, with large values and a fully masked row (every score at the dtype's most
     negative finite number, which must come out uniform): p and the backward ds equal the reference's."""
-    candidates = _with_fast_ops()
-    if not candidates:
-        pytest.skip("no backend has fast ops here (MINIBERT_REFERENCE_OPS=1?)")
     rng = np.random.default_rng(sum(shape))
     s_host = rng.standard_normal(shape) * 30.0
     s_host[..., 1, :] = np.finfo(dtype).min
-    dp_host = rng.standard_normal(shape)
-    for be in candidates:
-        plain = _reference(be)
-        s, dp = be.asarray(s_host, dtype=dtype), be.asarray(dp_host, dtype=dtype)
-        p, cache = ops.softmax_forward(s, be)
-        p_ref, cache_ref = ops.softmax_forward(s, plain)
-        tol = 4 * float(np.finfo(dtype).eps)
-        assert_close(p, p_ref, rtol=tol, atol=tol, name=f"{be.name} softmax p")
+
+    def masked_row_uniform(be, p, cache, cache_ref, tol):
         assert_close(p[..., 1, :], np.full(p[..., 1, :].shape, 1.0 / shape[-1]), rtol=tol, atol=0, check_dtype=False,
                      name="fully masked row")
-        ds, grads = ops.softmax_backward(dp, cache)
-        ds_ref, _ = ops.softmax_backward(dp, cache_ref)
+    compare_with_reference("softmax", ops.softmax_forward, ops.softmax_backward, s_host, rng.standard_normal(shape),
+                           dtype, masked_row_uniform)
+
+
+def compare_with_reference(op, forward, backward, x_host, dy_host, dtype, check_forward):
+    """On every backend with fast ops: `forward(x, backend)` and `backward(dy, cache)` with the fast op equal the
+    array-API reference's within a few ulp (to the last bit on NumPy: the same arithmetic in the same order);
+    `check_forward(backend, y, cache, reference_cache, tol)` adds the op's own forward checks."""
+    candidates = _with_fast_ops()
+    if not candidates:
+        pytest.skip("no backend has fast ops here (MINIBERT_REFERENCE_OPS=1?)")
+    tol = 4 * float(np.finfo(dtype).eps)
+    for be in candidates:
+        plain = _reference(be)
+        x, dy = be.asarray(x_host, dtype=dtype), be.asarray(dy_host, dtype=dtype)
+        y, cache = forward(x, be)
+        y_ref, cache_ref = forward(x, plain)
+        assert_close(y, y_ref, rtol=tol, atol=tol, name=f"{be.name} {op} forward")
+        check_forward(be, y, cache, cache_ref, tol)
+        dx, grads = backward(dy, cache)
+        dx_ref, _ = backward(dy, cache_ref)
         assert grads == {}
-        assert_close(ds, ds_ref, rtol=tol, atol=tol, name=f"{be.name} softmax ds")
+        assert_close(dx, dx_ref, rtol=tol, atol=tol, name=f"{be.name} {op} backward")
         if be.name == "numpy":
-            np.testing.assert_array_equal(p, p_ref)
-            np.testing.assert_array_equal(ds, ds_ref)
+            np.testing.assert_array_equal(y, y_ref)
+            np.testing.assert_array_equal(dx, dx_ref)
 
 
 def test_fast_ops_are_deterministic_and_thread_count_free():
