@@ -2,7 +2,7 @@
 """Pretrain a BERT masked-LM from scratch, on any backend, with no download.
 
     python scripts/train.py                                  # numpy (or $MINIBERT_BACKEND), `tiny` preset,
-                                                             # the embedded corpus, about 9 minutes on 2 cores
+                                                             # the embedded corpus, about 6 minutes on 2 cores
     MINIBERT_BACKEND=jax python scripts/train.py --config mini --seq-len 128
     python scripts/train.py --resume runs/20261127-120000    # continue a stopped run exactly
     python scripts/train.py --backend jax --devices all      # data-parallel over every device of this machine
