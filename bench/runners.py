@@ -34,7 +34,7 @@ def build_step_and_inference(config, be):
 def device_arrays(host, config, be):
     """The benchmark's host batch checked and moved to backend `be` as the task's step reads it."""
     from minibert.batch import check_batch, device_batch
-    from minibert.classify import check_classify_batch, classify_device_batch
+    from minibert.classify_batch import check_classify_batch, classify_device_batch
     if config.task == "mlm":
         return device_batch(check_batch(host, config), be, "float32")
     return classify_device_batch(check_classify_batch(host, config), be, "float32")

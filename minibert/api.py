@@ -12,6 +12,8 @@ import weakref
 
 import backends
 from minibert.batch import check_batch, check_inputs, check_params, device_batch
+from minibert.classify import classify_forward_backward, classify_logits_all
+from minibert.classify_batch import check_classify_batch, classify_device_batch, require_classifier
 from minibert.config import BertConfig
 from minibert.model import forward_backward, logits_all
 
@@ -72,3 +74,26 @@ def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: 
     """
     return loss_and_grads_for_host_batch(forward_backward, params, check_batch(batch, config, backend), device_batch,
                                          config=config, backend=backend, dropout_seed=dropout_seed)
+
+
+# --- public API: host inputs in, checked before any device work -------------------------------------------------
+
+def classify_logits(params, input_ids, attention_mask=None, token_type_ids=None, *, config: BertConfig, backend):
+    """Classification logits (eval mode: no dropout), a backend array: [B, num_labels] for config.task
+    "sequence", [B, T, num_labels] for "token"."""
+    require_classifier(config)
+    return logits_for_host_inputs(classify_logits_all, params, input_ids, attention_mask, token_type_ids,
+                                  config=config, backend=backend)
+
+
+def classify_loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None):
+    """(loss as a Python float, dict of gradients named like `params`) for a host classification batch.
+
+    batch: dict of host arrays input_ids [B, T] (attention_mask, token_type_ids optional) and labels: [B] int
+    (task "sequence"), [B] float (regression, num_labels == 1) or [B, T] int (task "token"); -100 = ignored.
+    Dropout (encoder, and config.classifier_dropout_rate before the classifier) runs only when `dropout_seed`
+    is given.
+    """
+    return loss_and_grads_for_host_batch(classify_forward_backward, params, check_classify_batch(batch, config, backend),
+                                         classify_device_batch, config=config, backend=backend,
+                                         dropout_seed=dropout_seed)

@@ -18,7 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from minibert import checkpoint as ckpt
-from minibert.classify import check_classify_batch, classify_device_batch, classify_forward_backward
+from minibert.classify import classify_forward_backward
+from minibert.classify_batch import check_classify_batch, classify_device_batch
 from minibert.config import BertConfig
 from minibert.finetune_data import TaskData, check_labels, load_sequence_task, load_token_task, read_sequence_file
 from minibert.finetune_encode import EncodedExamples, FinetuneBatcher, encode_sequence_examples, encode_token_examples

@@ -13,9 +13,10 @@ import numpy as np
 
 import backends
 from minibert import checkpoint as ckpt
-from minibert.api import compiled, mlm_logits
+from minibert.api import classify_logits, compiled, mlm_logits
 from minibert.batch import check_batch, device_batch
-from minibert.classify import check_classify_batch, classify_device_batch, classify_logits, classify_metrics
+from minibert.classify import classify_metrics
+from minibert.classify_batch import check_classify_batch, classify_device_batch
 from minibert.config import IGNORE_LABEL, BertConfig
 from minibert.finetune_encode import EncodedExamples, FinetuneBatcher, encode_texts, encode_words, pad_batch
 from minibert.finetune_settings import TASKS, resume_settings

@@ -16,7 +16,7 @@ from minibert import (BertConfig, classify_forward_backward, classify_logits, cl
                       classify_metrics, init_params, param_shapes)
 from minibert import heads
 from minibert.loss import cross_entropy_backward, cross_entropy_forward
-from minibert.classify import check_classify_batch, classify_device_batch
+from minibert.classify_batch import check_classify_batch, classify_device_batch
 from minibert.params import init_classifier_from, init_host_params
 from test_gradcheck import assert_gradients_match, weighted_sum_check
 
