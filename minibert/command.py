@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from typing import Callable
@@ -45,3 +46,22 @@ def run_command(start: Callable[[], dict]) -> int:
     if result.get("interrupted"):
         return 128 + signal.Signals[result["interrupted"]].value
     return 0
+
+
+def add_optimizer_flags(parser: argparse.ArgumentParser, defaults) -> None:
+    """--weight-decay and --clip-norm, as train.py and finetune.py both take them (`defaults`: their settings)."""
+    parser.add_argument("--weight-decay", type=float,
+                        help=f"AdamW decoupled weight decay (default {defaults.weight_decay})")
+    parser.add_argument("--clip-norm", type=float, help=f"global gradient-norm clipping (default {defaults.clip_norm})")
+
+
+def add_run_directory_flags(parser: argparse.ArgumentParser, defaults) -> None:
+    """The run-directory flags train.py and finetune.py share: checkpoints kept, dtype, --out, --resume, progress."""
+    parser.add_argument("--keep-checkpoints", type=int, help=f"checkpoints kept (default {defaults.keep_checkpoints})")
+    parser.add_argument("--dtype", help=f"float32 or float64 (default {defaults.dtype})")
+    parser.add_argument("--out", help="run directory to create (default runs/<date-time>)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    parser.add_argument("--resume-fallback", action="store_true",
+                        help="with --resume: if the latest checkpoint is corrupted, use the newest older one that "
+                             "verifies")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

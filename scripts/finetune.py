@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 import sys
 
-from minibert.command import run_command
+from minibert.command import add_optimizer_flags, add_run_directory_flags, run_command
 from minibert.config import PRESETS
 from minibert.finetune import finetune
 from minibert.finetune_settings import FinetuneSettings, resume_settings
@@ -54,8 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help=f"examples per batch (default {d.batch_size})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--warmup", type=int, help="linear warm-up steps, then linear decay to 0 (default: 10%% of steps)")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {d.weight_decay})")
-    p.add_argument("--clip-norm", type=float, help=f"global gradient-norm clipping (default {d.clip_norm})")
+    add_optimizer_flags(p, d)
     p.add_argument("--max-len", type=int,
                    help="tokens per example with [CLS]/[SEP]; longer texts are truncated and counted "
                         "(default: 128, or the model's max_position if smaller)")
@@ -67,13 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: $MINIBERT_BACKEND, else numpy)")
     p.add_argument("--eval-every", type=int, help="evaluate every N steps (default: once per epoch)")
     p.add_argument("--save-every", type=int, help="write a checkpoint every N steps (default: once per epoch)")
-    p.add_argument("--keep-checkpoints", type=int, help=f"checkpoints kept (default {d.keep_checkpoints})")
-    p.add_argument("--dtype", help=f"float32 or float64 (default {d.dtype})")
-    p.add_argument("--out", help="run directory to create (default runs/<date-time>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
-    p.add_argument("--resume-fallback", action="store_true",
-                   help="with --resume: if the latest checkpoint is corrupted, use the newest older one that verifies")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_directory_flags(p, d)
     return p.parse_args(argv)
 
 

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import sys
 
-from minibert.command import run_command
+from minibert.command import add_optimizer_flags, add_run_directory_flags, run_command
 from minibert.config import PRESETS
 from minibert.pretrain import train
 from minibert.settings import LR_SCHEDULES, TrainSettings, resume_settings
@@ -43,26 +43,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"the steps, then linear down to 0 (default {d.lr_schedule})")
     p.add_argument("--warmup", type=int, help="linear warm-up steps, then linear decay to 0 (default: 10%% of --steps; "
                    "--lr-schedule linear only)")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {d.weight_decay})")
-    p.add_argument("--clip-norm", type=float, help=f"global gradient-norm clipping (default {d.clip_norm})")
+    add_optimizer_flags(p, d)
     p.add_argument("--dropout", type=float, help=f"hidden and attention dropout (default {d.dropout})")
     p.add_argument("--seed", type=int, help=f"seed for weights, data order, masking and dropout (default {d.seed})")
     p.add_argument("--eval-every", type=int, help=f"evaluate on the held-out split every N steps (default {d.eval_every})")
     p.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (default 0 = all)")
     p.add_argument("--save-every", type=int, help=f"write a checkpoint every N steps (default {d.save_every})")
-    p.add_argument("--keep-checkpoints", type=int, help=f"checkpoints kept (default {d.keep_checkpoints})")
-    p.add_argument("--dtype", help=f"float32 or float64 (default {d.dtype})")
-    p.add_argument("--out", help="run directory to create (default runs/<date-time>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
-    p.add_argument("--resume-fallback", action="store_true",
-                   help="with --resume: if the latest checkpoint is corrupted, use the newest older one that verifies")
     p.add_argument("--init-from", metavar="HF_DIR",
                    help="start from a local transformers BERT checkpoint directory (config.json, "
                         "model.safetensors, vocab.txt) instead of random weights; its architecture replaces "
                         "--config, and --dropout applies")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="skip steps with a non-finite loss or gradient (counted in metrics) instead of stopping")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_directory_flags(p, d)
     g = p.add_argument_group("many devices and hosts (JAX backend; see README, Training on many devices)")
     g.add_argument("--devices", type=_devices, metavar="N|all",
                    help="split each batch by rows over N devices (all: every device of every process); "
