@@ -1,14 +1,11 @@
 """NumPy on the CPU (through array_api_compat.numpy)."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
-
 import numpy as np
 import array_api_compat.numpy as xp_numpy
 
 from backends import _erf
+from backends._host_memory import keep_freed_memory
 from backends._numpy_fast import create_fast_ops
 from backends.base import Backend
 
@@ -55,29 +52,8 @@ class NumpyBackend(Backend):
         return out
 
 
-MALLOC_MMAP_THRESHOLD = 32 << 20     # glibc mallopt parameters (malloc.h): M_MMAP_THRESHOLD = -3,
-MALLOC_TRIM_THRESHOLD = 1 << 30      # M_TRIM_THRESHOLD = -1
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks up to 32 MB in the heap instead of returning them to the kernel.
-
-    A training step allocates and frees many temporaries of a few MB; by default glibc maps each with mmap and
-    unmaps it on free, so the next step page-faults the memory in again (tens of thousands of faults per step,
-    8-22% of the step in the kernel, measured with scripts/benchmark.py). With these thresholds the memory is
-    reused. Process-wide and harmless elsewhere; a no-op off glibc. Returns whether it was applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, MALLOC_MMAP_THRESHOLD)) and bool(libc.mallopt(-1, MALLOC_TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
-
-
 def create() -> Backend:
-    keep_freed_memory()
+    keep_freed_memory()          # reuse freed temporaries instead of faulting them in each step
     backend = NumpyBackend()
     backend.fast_ops = create_fast_ops()      # GELU in cache-sized pieces on every core (backends/_numpy_fast.py)
     return backend
