@@ -53,7 +53,9 @@ def attention_forward(x, weight_qkv, bias_qkv, weight_out, bias_out, bias_mask, 
     q = qkv[0, ...] * (1.0 / math.sqrt(head))
     k, v = qkv[1, ...], qkv[2, ...]
     # k: [B, A, T, D] -> k^T [B, A, D, T]; scores [B, A, T, T]
-    probs, softmax_cache = softmax_forward(q @ xp.matrix_transpose(k) + bias_mask, backend)
+    scores = q @ xp.matrix_transpose(k)
+    scores += bias_mask                                             # in place where writeable (as linear_forward)
+    probs, softmax_cache = softmax_forward(scores, backend)
     dropped, drop_cache = dropout_forward(probs, dropout_rate, key, backend)
     # p' v [B, A, T, D] -> [B, T, A, D] -> [B*T, H] (heads concatenated)
     context = xp.reshape(xp.permute_dims(dropped @ v, (0, 2, 1, 3)), (batch * seq, hidden))

@@ -179,7 +179,8 @@ def mlm_head_forward(params, rows, config: BertConfig, backend):
     dense, dense_cache = linear_forward(rows, params["head.dense.weight"], params["head.dense.bias"])
     act, act_cache = gelu_forward(dense, backend, config.hidden_act == "gelu_tanh")
     z, ln_cache = layernorm_forward(act, params["head.ln.weight"], params["head.ln.bias"], config.layer_norm_eps)
-    logits = z @ word.T + params["head.decoder_bias"]                   # word^T [H, V]
+    logits = z @ word.T                                                 # word^T [H, V]
+    logits += params["head.decoder_bias"]                               # in place where writeable (as linear)
     return logits, MLMHeadCache(dense=dense_cache, act=act_cache, ln=ln_cache, z=z, word=word)
 
 
