@@ -18,12 +18,20 @@ Ops (the names `minibert.ops` looks up in `backend.fast_ops`):
     softmax_forward(s) -> p                  p = exp(s - max(s)) / sum(exp(s - max(s))), last axis (attention's
                                              [B, A, T, T] scores: 8 MB at mini B32 T128, five passes)
     softmax_backward(dp, p) -> ds            ds = p * (dp - sum(dp * p)), last axis
+    dropout_forward(x, rate, key) -> (y, m)  m = (u >= rate) / (1 - rate),  y = x * m,  u = uniform(key)
+
+Random numbers in pieces. The numpy backend's `uniform(key, shape, dtype)` (`uniform` below) fills the flat array
+piece by piece, piece i (elements [i * PIECE, (i + 1) * PIECE)) from its own PCG64 stream, SeedSequence(entropy=key,
+spawn_key=(i,)): the pieces are independent of each other and of the thread count, so they are drawn on every core
+at once and the dropout fast op draws each piece where it uses it, getting the reference's numbers exactly.
 """
 from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -38,7 +46,7 @@ PIECE = 1 << 17          # elements per piece, 512 KB of float32: each piece pay
 MIN_PARALLEL = 1 << 17   # arrays smaller than this run on the calling thread alone (thread hand-off costs more)
 
 
-def _threads() -> int:
+def usable_threads() -> int:
     """Cores to use: those this process may run on, capped by OMP_NUM_THREADS / OPENBLAS_NUM_THREADS when set
     (so a run pinned to one thread stays on one)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -47,6 +55,21 @@ def _threads() -> int:
         if value.isdigit() and int(value) > 0:
             count = min(count, int(value))
     return max(1, count)
+
+
+_CALLER_ONLY = threading.local()      # .active: this thread runs its pieces itself (inside a row thread)
+
+
+@contextmanager
+def pieces_on_this_thread():
+    """Within it, every op on this thread runs all its pieces on this thread: the numpy backend's row threads
+    (`NumpyBackend.thread_map`) already keep every core busy."""
+    before = getattr(_CALLER_ONLY, "active", False)
+    _CALLER_ONLY.active = True
+    try:
+        yield
+    finally:
+        _CALLER_ONLY.active = before
 
 
 class PiecewisePool:
@@ -66,7 +89,7 @@ class PiecewisePool:
 
     def run(self, work, n: int, width: int = 1) -> None:
         piece = max(1, PIECE // width)
-        if self.threads == 1 or n * width < MIN_PARALLEL:
+        if self.threads == 1 or n * width < MIN_PARALLEL or getattr(_CALLER_ONLY, "active", False):
             _pieces(work, 0, n, piece)
             return
         pool = self._executor()
@@ -83,6 +106,9 @@ def _pieces(work, lo: int, hi: int, piece: int) -> None:
         work(start, min(start + piece, hi))
 
 
+SINGLE_THREAD = PiecewisePool(1)     # the pieces run on the calling thread (the numpy backend without fast ops)
+
+
 def _flat(a):
     """A C-contiguous array's flat view (a copy only for another layout, which the model does not make)."""
     return np.ascontiguousarray(a).reshape(-1)
@@ -93,14 +119,33 @@ def _rows(a):
     return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
 
 
+def piece_generator(key, index: int) -> np.random.Generator:
+    """The random stream of piece `index` of every draw made with `key` (a tuple of ints): a spawn of the key's
+    SeedSequence, so it never equals the stream of another key or piece."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy=key, spawn_key=(index,))))
+
+
+def uniform(key, shape, dtype, pool: PiecewisePool) -> np.ndarray:
+    """[0, 1) draws of `shape`, flat piece i from `piece_generator(key, i)`; the pieces shared among the pool's
+    threads (the values do not depend on their number)."""
+    out = np.empty(math.prod(shape), dtype=dtype)
+
+    def work(lo, hi):
+        piece_generator(key, lo // PIECE).random(out=out[lo:hi], dtype=dtype)
+
+    pool.run(work, out.shape[0])
+    return out.reshape(shape)
+
+
 class FastOps(Mapping):
     """The numpy backend's `fast_ops`: a read-only mapping of op name -> implementation, sharing one thread
     pool of `threads` (default: the usable cores, capped by OMP_NUM_THREADS / OPENBLAS_NUM_THREADS)."""
 
     def __init__(self, threads: int | None = None):
-        self.pool = PiecewisePool(threads or _threads())
+        self.pool = PiecewisePool(threads or usable_threads())
         self._ops = {"gelu_forward": self.gelu_forward, "gelu_backward": self.gelu_backward,
-                     "softmax_forward": self.softmax_forward, "softmax_backward": self.softmax_backward}
+                     "softmax_forward": self.softmax_forward, "softmax_backward": self.softmax_backward,
+                     "dropout_forward": self.dropout_forward}
 
     def __getitem__(self, name):
         return self._ops[name]
@@ -174,6 +219,25 @@ class FastOps(Mapping):
 
         self.pool.run(work, dp_rows.shape[0], dp_rows.shape[1])
         return ds.reshape(dp.shape)
+
+
+    def dropout_forward(self, x, rate, key):
+        """Inverted dropout as the reference computes it, with `uniform(key, x.shape)`'s numbers, each piece drawn
+        into the mask's own buffer, compared, scaled and applied while in cache: (y = x * m, m = (u >= rate) *
+        (1 / (1 - rate)))."""
+        x_flat = _flat(x)
+        y, scaled_mask = np.empty_like(x_flat), np.empty_like(x_flat)
+        scale = 1.0 / (1.0 - rate)
+
+        def work(lo, hi):
+            m = scaled_mask[lo:hi]
+            piece_generator(key, lo // PIECE).random(out=m, dtype=m.dtype)
+            np.copyto(m, m >= rate)          # 1.0 where kept, 0.0 where dropped
+            m *= scale
+            np.multiply(x_flat[lo:hi], m, out=y[lo:hi])
+
+        self.pool.run(work, x_flat.shape[0])
+        return y.reshape(x.shape), scaled_mask.reshape(x.shape)
 
 
 def create_fast_ops():

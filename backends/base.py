@@ -22,6 +22,9 @@ class Backend:
       supports_float64: whether float64 arrays can be made here.
       on_gpu: whether arrays live on a GPU (so timings need `synchronize` and memory is the device's).
       data_shards: devices a training batch is split over by rows (1: one device; see `data_parallel`).
+      row_threads: threads a training step splits each batch's rows over on this one device (1: none); each
+               computes its rows' share of the loss and gradients and `thread_map` runs them at once (the numpy
+               backend on a multi-core CPU; see minibert/step.py and backends/numpy_backend.py).
       fast_ops: faster implementations of whole ops, by name, that `minibert.ops` uses instead of its array-API
                reference where present (e.g. "gelu_forward", "gelu_backward"; see backends/_numpy_fast.py).
                Empty by default: the reference runs everywhere else. Each is tested equal to the reference
@@ -39,6 +42,7 @@ class Backend:
     supports_float64: bool = True
     on_gpu: bool = False
     data_shards: int = 1
+    row_threads: int = 1
     fast_ops: Any = {}          # op name -> implementation; read-only here, a backend sets its own
 
     # -- host <-> device ----------------------------------------------------------------------
@@ -133,6 +137,11 @@ class Backend:
         """A host array [R, ...] on the device(s), split by rows over the `data_shards` devices (device d holds
         rows [d*R/n, (d+1)*R/n)); on one device the same as `asarray`."""
         return self.asarray(host_array, dtype)
+
+    def thread_map(self, fn: Callable, items) -> list:
+        """[fn(item) for item in items], on `row_threads` threads at once where the backend has them (the
+        results in the order of `items`); here one after the other."""
+        return [fn(item) for item in items]
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} device={self.device}>"

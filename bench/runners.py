@@ -20,14 +20,15 @@ def build_step_and_inference(config, be):
     calls into Mini-BERT's model API."""
     from minibert.api import compiled
     from minibert.classify import classify_forward_backward, classify_logits_all
-    from minibert.model import forward_backward, logits_all
+    from minibert.model import forward_backward, label_count, logits_all
     from minibert.optim import AdamWConfig
     from minibert.step import make_train_step
 
     loss_and_grads, forward = ((forward_backward, logits_all) if config.task == "mlm"
                                else (classify_forward_backward, classify_logits_all))
     opt = AdamWConfig(lr=1e-4, warmup_steps=0, total_steps=10**9, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
-    return (make_train_step(partial(loss_and_grads, config=config, backend=be), opt, be),
+    # token-weighted, as the training loop runs it (both tasks' batches carry their label weights)
+    return (make_train_step(partial(loss_and_grads, config=config, backend=be), opt, be, count_fn=label_count),
             compiled(forward, config, be))
 
 

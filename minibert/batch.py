@@ -168,6 +168,22 @@ class DeviceBatch(NamedTuple):
     targets: Any            # [N] int, the labels at `positions`
     weights: Any            # [N] float, 1 for a real label, 0 for a padding row
 
+    def split_rows(self, parts: int) -> list["DeviceBatch"]:
+        """This batch as up to `parts` batches of consecutive rows (block s: rows [s*B//parts, (s+1)*B//parts),
+        empty blocks left out), each with the labelled rows that fall in it and `positions` relative to its first
+        token; their weights sum to this batch's. For a backend's row threads (minibert/step.py)."""
+        batch, seq = self.input_ids.shape
+        blocks = []
+        for s in range(parts):
+            lo, hi = batch * s // parts, batch * (s + 1) // parts
+            if hi > lo:
+                inside = (self.positions >= lo * seq) & (self.positions < hi * seq)     # [N] bool
+                blocks.append(DeviceBatch(
+                    input_ids=self.input_ids[lo:hi, :], attention_mask=self.attention_mask[lo:hi, :],
+                    token_type_ids=self.token_type_ids[lo:hi, :], positions=self.positions[inside] - lo * seq,
+                    targets=self.targets[inside], weights=self.weights[inside]))
+        return blocks
+
 
 def device_batches(batches: list, backend, dtype) -> list[DeviceBatch]:
     """Checked host batches that one (compiled) step takes together -> device batches of one shape.

@@ -19,6 +19,22 @@ class ClassifyBatch(NamedTuple):
     targets: Any            # [N] int class ids (0 where the label was -100), or float targets (regression)
     weights: Any            # [N] float, 1 for a label that counts, 0 for -100
 
+    def split_rows(self, parts: int) -> list["ClassifyBatch"]:
+        """This batch as up to `parts` batches of consecutive rows (block s: rows [s*B//parts, (s+1)*B//parts),
+        empty blocks left out) with their labels (N/B per row: 1 for "sequence", T for "token"). For a backend's
+        row threads (minibert/step.py)."""
+        batch = self.input_ids.shape[0]
+        per_row = self.targets.shape[0] // batch
+        blocks = []
+        for s in range(parts):
+            lo, hi = batch * s // parts, batch * (s + 1) // parts
+            if hi > lo:
+                blocks.append(ClassifyBatch(
+                    input_ids=self.input_ids[lo:hi, :], attention_mask=self.attention_mask[lo:hi, :],
+                    token_type_ids=self.token_type_ids[lo:hi, :], targets=self.targets[lo * per_row:hi * per_row],
+                    weights=self.weights[lo * per_row:hi * per_row]))
+        return blocks
+
 
 def require_classifier(config: BertConfig) -> None:
     if not isinstance(config, BertConfig):

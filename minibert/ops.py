@@ -170,9 +170,14 @@ class DropoutCache(NamedTuple):
 def dropout_forward(x, rate, key, backend):
     """Inverted dropout: y = x * m / (1 - rate), m ~ Bernoulli(1 - rate) elementwise. Identity when
     `key` is None or rate == 0 (evaluation). x [...] -> y [...] (same shape); cache the scaled mask
-    m / (1 - rate) (None for identity)."""
+    m / (1 - rate) (None for identity). A backend with `fast_ops["dropout_forward"]` computes it with that (the
+    same numbers from `backend.uniform`; backends/_numpy_fast.py)."""
     if key is None or rate == 0.0:
         return x, DropoutCache(scaled_mask=None)
+    fast = backend.fast_ops.get("dropout_forward")
+    if fast is not None:
+        y, scaled_mask = fast(x, rate, key)
+        return y, DropoutCache(scaled_mask=scaled_mask)
     xp = array_namespace(x)
     keep = backend.uniform(key, x.shape, x.dtype) >= rate
     scaled_mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - rate))

@@ -42,7 +42,8 @@ def accumulate_gradients(forward_backward_fn, params, micro_batches, key, backen
         if normaliser is None:
             micro_loss, grads = forward_backward_fn(params, arrays, micro_key)
         else:
-            micro_loss, grads = forward_backward_fn(params, arrays, micro_key, normaliser)
+            micro_loss, grads = forward_backward_by_rows(forward_backward_fn, params, arrays, micro_key, normaliser,
+                                                         backend)
         total = accumulate(total, grads)
         loss = loss + micro_loss
     count = len(micro_batches)
@@ -52,6 +53,30 @@ def accumulate_gradients(forward_backward_fn, params, micro_batches, key, backen
             buffer *= 1.0 / count
             total[name] = buffer
         loss = loss / count
+    return loss, total
+
+
+def forward_backward_by_rows(forward_backward_fn, params, arrays, key, normaliser, backend):
+    """forward_backward_fn(params, arrays, key, normaliser), with the batch's rows split over the backend's
+    `row_threads` (the numpy backend on several cores) where the batch can split (`arrays.split_rows`):
+
+        loss = sum_s loss_s,  grads = sum_s grads_s   (s = 0, 1, ... in order),
+        (loss_s, grads_s) = forward_backward_fn(params, block_s, fold_in(key, s), D)
+
+    the same token-weighted sum as micro-batches (module docstring), the blocks run at once by
+    `backend.thread_map`. The result is deterministic for a given thread count; another count splits the rows
+    and the dropout keys differently (as another micro-batch split would)."""
+    blocks = arrays.split_rows(backend.row_threads) if backend.row_threads > 1 and hasattr(arrays, "split_rows") \
+        else [arrays]
+    if len(blocks) == 1:
+        return forward_backward_fn(params, arrays, key, normaliser)
+    results = backend.thread_map(
+        lambda s: forward_backward_fn(params, blocks[s], None if key is None else backend.fold_in(key, s),
+                                      normaliser), range(len(blocks)))
+    total, loss = None, 0.0
+    for block_loss, grads in results:
+        total = accumulate(total, grads)
+        loss = loss + block_loss
     return loss, total
 
 

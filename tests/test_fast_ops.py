@@ -41,7 +41,8 @@ def test_numpy_has_fast_gelu_and_other_backends_run_the_reference():
     if os.environ.get("MINIBERT_REFERENCE_OPS", "") not in ("", "0"):
         assert not numpy_.fast_ops
     else:
-        assert set(numpy_.fast_ops) == {"gelu_forward", "gelu_backward", "softmax_forward", "softmax_backward"}
+        assert set(numpy_.fast_ops) == {"gelu_forward", "gelu_backward", "softmax_forward", "softmax_backward",
+                                        "dropout_forward"}
     for name in backends.available():
         if name != "numpy":
             assert not backends.get_backend(name).fast_ops, name
@@ -76,6 +77,45 @@ def test_fast_softmax_equals_the_reference(shape, dtype):
                      name="fully masked row")
     compare_with_reference("softmax", ops.softmax_forward, ops.softmax_backward, s_host, rng.standard_normal(shape),
                            dtype, masked_row_uniform)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(32, 4, 128, 128)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_fast_dropout_equals_the_reference(shape, dtype, rate):
+    """y and the scaled mask equal the reference's (`backend.uniform(key) >= rate`, scaled by 1 / (1 - rate)) to
+    the last bit, and about `rate` of the elements are dropped."""
+    candidates = _with_fast_ops()
+    if not candidates:
+        pytest.skip("no backend has fast ops here (MINIBERT_REFERENCE_OPS=1?)")
+    x_host = np.random.default_rng(sum(shape)).standard_normal(shape)
+    for be in candidates:
+        x, key = be.asarray(x_host, dtype=dtype), be.fold_in(be.key(5), 2)
+        y, cache = ops.dropout_forward(x, rate, key, be)
+        y_ref, cache_ref = ops.dropout_forward(x, rate, key, _reference(be))
+        np.testing.assert_array_equal(be.to_numpy(cache.scaled_mask), be.to_numpy(cache_ref.scaled_mask))
+        np.testing.assert_array_equal(be.to_numpy(y), be.to_numpy(y_ref))
+        assert y.dtype == x.dtype and cache.scaled_mask.dtype == x.dtype
+        dropped = float(np.mean(be.to_numpy(cache.scaled_mask) == 0))
+        if x_host.size > 10_000:
+            assert abs(dropped - rate) < 0.02, dropped
+
+
+def test_numpy_uniform_pieces_are_independent_streams_and_thread_count_free():
+    """numpy's `uniform` draws piece i from its own stream (SeedSequence(entropy=key, spawn_key=(i,))): the values
+    depend on key and shape only, not on the threads; pieces differ from each other; keys give other draws."""
+    key = (3, 1, 4)
+    n = 3 * _numpy_fast.PIECE + 17                          # three whole pieces and a ragged end
+    draws = [_numpy_fast.uniform(key, (n,), np.float32, _numpy_fast.PiecewisePool(threads)) for threads in (1, 2, 3)]
+    for other in draws[1:]:
+        np.testing.assert_array_equal(draws[0], other)
+    u = draws[0]
+    first = _numpy_fast.piece_generator(key, 0).random(_numpy_fast.PIECE, dtype=np.float32)
+    np.testing.assert_array_equal(u[:_numpy_fast.PIECE], first)
+    piece = _numpy_fast.PIECE
+    assert not np.array_equal(u[:piece], u[piece:2 * piece])
+    assert not np.array_equal(u, _numpy_fast.uniform((3, 1, 5), (n,), np.float32, _numpy_fast.SINGLE_THREAD))
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(float(u.mean()) - 0.5) < 0.01
 
 
 def compare_with_reference(op, forward, backward, x_host, dy_host, dtype, check_forward):
@@ -143,7 +183,7 @@ def test_reference_ops_environment_switch():
     """MINIBERT_REFERENCE_OPS=1 gives the numpy backend no fast ops (it then runs the reference, as every other
     backend); unset, it has them."""
     code = "import backends; print(sorted(backends.get_backend('numpy').fast_ops))"
-    every = "['gelu_backward', 'gelu_forward', 'softmax_backward', 'softmax_forward']"
+    every = "['dropout_forward', 'gelu_backward', 'gelu_forward', 'softmax_backward', 'softmax_forward']"
     for value, expected in (("1", "[]"), ("0", every)):
         out = subprocess.run([sys.executable, "-c", code], env=child_env(MINIBERT_REFERENCE_OPS=value),
                              capture_output=True, text=True, timeout=120)
