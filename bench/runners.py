@@ -18,7 +18,7 @@ def build_step_and_inference(config, be):
     and the compiled inference forward, for the config's task: masked LM (`forward_backward`, `logits_all`) or
     sequence classification (`classify_forward_backward`, `classify_logits_all`). The only place the benchmark
     calls into Mini-BERT's model API."""
-    from minibert.api import compiled
+    from minibert.api import compiled_logits
     from minibert.classify import classify_forward_backward, classify_logits_all
     from minibert.model import forward_backward, label_count, logits_all
     from minibert.optim import AdamWConfig
@@ -29,7 +29,7 @@ def build_step_and_inference(config, be):
     opt = AdamWConfig(lr=1e-4, warmup_steps=0, total_steps=10**9, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
     # token-weighted, as the training loop runs it (both tasks' batches carry their label weights)
     return (make_train_step(partial(loss_and_grads, config=config, backend=be), opt, be, count_fn=label_count),
-            compiled(forward, config, be))
+            compiled_logits(forward, config, be))
 
 
 def device_arrays(host, config, be):

@@ -40,13 +40,32 @@ def compiled(fn, config: BertConfig, backend):
     return per_backend[(fn, config)]
 
 
+def compiled_logits(fn, config: BertConfig, backend):
+    """`compiled(fn, ...)` for a logits function fn(params, input_ids, attention_mask, token_type_ids) -> logits
+    [B, ...]. On a backend with `row_threads` > 1 (numpy on several cores) the B rows are split into that many
+    blocks of consecutive rows, run at once (`backend.thread_map`), and their logits concatenated: every row's
+    logits depend on its own row only, so the result is the same (rounding apart)."""
+    run = compiled(fn, config, backend)
+    if backend.row_threads == 1:
+        return run
+
+    def by_rows(params, *inputs):
+        rows = inputs[0].shape[0]
+        parts = min(backend.row_threads, rows)
+        bounds = [rows * s // parts for s in range(parts + 1)]
+        blocks = backend.thread_map(lambda s: run(params, *(a[bounds[s]:bounds[s + 1], ...] for a in inputs)),
+                                    range(parts))
+        return backend.xp.concat(blocks, axis=0)
+    return by_rows
+
+
 def logits_for_host_inputs(fn, params, input_ids, attention_mask, token_type_ids, *, config: BertConfig, backend):
     """Host inputs checked (`check_inputs`, `check_params`) before any device work, moved to the backend, then the
     compiled `fn(params, input_ids, attention_mask, token_type_ids)`: the public logits functions share this."""
     host = check_inputs(input_ids, attention_mask, token_type_ids, config, backend)
     check_params(params, config)
     input_ids, attention_mask, token_type_ids = (backend.asarray(a) for a in host)
-    return compiled(fn, config, backend)(params, input_ids, attention_mask, token_type_ids)
+    return compiled_logits(fn, config, backend)(params, input_ids, attention_mask, token_type_ids)
 
 
 def loss_and_grads_for_host_batch(fn, params, checked, to_device, *, config: BertConfig, backend,

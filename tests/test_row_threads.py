@@ -112,3 +112,19 @@ def test_threaded_step_with_dropout_is_deterministic_and_restores_blas_threads()
 def test_thread_map_keeps_the_order_of_its_items():
     be = threaded_numpy(2)
     assert be.thread_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6])
+def test_logits_on_row_threads_equal_one_thread(rows):
+    """Inference (`minibert.api.compiled_logits`, used by mlm_logits and the benchmark) splits the rows over the
+    threads and concatenates their logits: the one-thread logits, for row counts below, at and above the count."""
+    from minibert.api import compiled_logits
+    from minibert.model import logits_all
+    one, two = threaded_numpy(1), threaded_numpy(2)
+    params = init_params(SMALL, seed=0, backend=one)
+    host = mlm_batch(rows=rows)
+    inputs = [host[k] for k in ("input_ids", "attention_mask", "token_type_ids")]
+    want = compiled_logits(logits_all, SMALL, one)(params, *inputs)
+    got = compiled_logits(logits_all, SMALL, two)(params, *inputs)
+    assert got.shape == want.shape == (rows, 9, SMALL.vocab_size)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
