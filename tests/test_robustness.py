@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import backends
 import minibert.pretrain
 from minibert import checkpoint as ckpt
 from minibert import fileio
@@ -295,8 +296,10 @@ def test_truncated_missing_or_unannounced_checkpoints(straight, tmp_path):
 @pytest.fixture
 def poisoned_step(monkeypatch, script_env):
     """Training in this process, where the gradient of chosen forward_backward calls (1-based) is made inf, and
-    chosen calls send this process SIGINT (as Ctrl-C would)."""
+    chosen calls send this process SIGINT (as Ctrl-C would). The numpy backend's rows stay on one thread here, so
+    that call n is step n (with row threads every block of a batch is a call)."""
     monkeypatch.setenv("MINIBERT_CACHE", script_env["MINIBERT_CACHE"])
+    monkeypatch.setattr(backends.get_backend("numpy"), "row_threads", 1)
     real = minibert.pretrain.forward_backward
     plan = {"calls": 0, "poison": set(), "interrupt": set()}
 
