@@ -25,10 +25,6 @@ class Backend:
       row_threads: threads a training step splits each batch's rows over on this one device (1: none); each
                computes its rows' share of the loss and gradients and `thread_map` runs them at once (the numpy
                backend on a multi-core CPU; see minibert/step.py and backends/numpy_backend.py).
-      fast_ops: faster implementations of whole ops, by name, that `minibert.ops` uses instead of its array-API
-               reference where present (e.g. "gelu_forward", "gelu_backward"; see backends/_numpy_fast.py).
-               Empty by default: the reference runs everywhere else. Each is tested equal to the reference
-               (tests/test_fast_ops.py).
 
     Random numbers are functional: `key(seed)` makes a key, `fold_in(key, n)` derives an independent one,
     `uniform(key, shape, dtype)` draws from [0, 1). The same keys work inside `jit`.
@@ -43,7 +39,6 @@ class Backend:
     on_gpu: bool = False
     data_shards: int = 1
     row_threads: int = 1
-    fast_ops: Any = {}          # op name -> implementation; read-only here, a backend sets its own
 
     # -- host <-> device ----------------------------------------------------------------------
     def asarray(self, host_array, dtype=None):

@@ -7,16 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import array_api_compat.numpy as xp_numpy
 
-from backends import _blas_threads, _erf, _numpy_fast
+from backends import _blas_threads, _erf
 from backends._host_memory import keep_freed_memory
-from backends._numpy_fast import create_fast_ops
 from backends.base import Backend
 
 
 class NumpyBackend(Backend):
     """NumPy on the CPU. With `row_threads` > 1 a training step splits each batch's rows over that many threads
-    (minibert/step.py), which `thread_map` runs at once, each with single-threaded BLAS and its fast ops on its
-    own thread: NumPy's elementwise work (GELU, softmax, LayerNorm, dropout, ...) runs on one core per call, so
+    (minibert/step.py), which `thread_map` runs at once, each with single-threaded BLAS: NumPy's elementwise work (GELU, softmax, LayerNorm, dropout, ...) runs on one core per call, so
     splitting the rows keeps every core busy for all of the step instead of only in the GEMMs. Measured, mini
     preset B32 T128 on 2 cores: forward + backward 600 ms on one thread with 2-thread BLAS, 505 ms on two row
     threads (the single-threaded 980 ms halved). Needs OpenBLAS's thread control (backends/_blas_threads.py);
@@ -27,8 +25,7 @@ class NumpyBackend(Backend):
     device = "cpu"
     inplace = True
 
-    def __init__(self, fast_ops, row_threads: int = 1, blas=None):
-        self.fast_ops = fast_ops
+    def __init__(self, row_threads: int = 1, blas=None):
         self.row_threads = row_threads if blas is not None else 1
         self._blas = blas
         self._executor, self._executor_pid = None, None
@@ -41,13 +38,9 @@ class NumpyBackend(Backend):
             self._executor = ThreadPoolExecutor(self.row_threads - 1, thread_name_prefix="minibert-rows")
             self._executor_pid = os.getpid()
 
-        def run(item):
-            with _numpy_fast.pieces_on_this_thread():
-                return fn(item)
-
         with self._blas.limit(1):
-            futures = [self._executor.submit(run, item) for item in items[1:]]
-            first = run(items[0])
+            futures = [self._executor.submit(fn, item) for item in items[1:]]
+            first = fn(items[0])
             return [first] + [future.result() for future in futures]
 
     def asarray(self, host_array, dtype=None):
@@ -74,10 +67,7 @@ class NumpyBackend(Backend):
         return key + (int(data),)
 
     def uniform(self, key, shape, dtype):
-        # in pieces with independent streams, drawn on the fast ops' threads (one thread without them): the values
-        # depend only on key and shape (backends/_numpy_fast.py)
-        pool = getattr(self.fast_ops, "pool", _numpy_fast.SINGLE_THREAD)
-        return _numpy_fast.uniform(key, tuple(shape), self.dtype(dtype), pool)
+        return np.random.default_rng(np.random.SeedSequence(key)).random(shape, dtype=self.dtype(dtype))
 
     def describe(self) -> dict:
         out = {**super().describe(), "numpy": np.__version__, "row_threads": self.row_threads}
@@ -91,6 +81,15 @@ class NumpyBackend(Backend):
 
 def create() -> Backend:
     keep_freed_memory()          # reuse freed temporaries instead of faulting them in each step
-    # fast ops: GELU, softmax and dropout in pieces on every core (backends/_numpy_fast.py); row threads: see
-    # NumpyBackend; both as many as the usable cores, capped by OMP_NUM_THREADS / OPENBLAS_NUM_THREADS
-    return NumpyBackend(create_fast_ops(), row_threads=_numpy_fast.usable_threads(), blas=_blas_threads.find())
+    return NumpyBackend(row_threads=usable_threads(), blas=_blas_threads.find())
+
+
+def usable_threads() -> int:
+    """Row threads (see NumpyBackend): the cores this process may run on, capped by OMP_NUM_THREADS /
+    OPENBLAS_NUM_THREADS when set (so a run pinned to one thread stays on one)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            count = min(count, int(value))
+    return max(1, count)

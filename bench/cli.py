@@ -20,16 +20,13 @@ from minibert.config import PRESETS
 CPU_PRESETS = ("seed", "mini")
 GPU_PRESETS = ("mini", "small")
 MINIBERT_BACKENDS = ("numpy", "jax", "cupy", "torch", "strict")
-REFERENCE_OPS_SUFFIX = "-reference-ops"   # e.g. numpy-reference-ops: numpy with its fast_ops off
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="scripts/benchmark.py", description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", type=lambda s: [x for x in s.split(",") if x],
                    help="comma-separated Mini-BERT backends (default: numpy,jax on CPU; cupy,jax with --gpu; "
-                        "those not installed are skipped); NAME-reference-ops runs NAME with its fast ops off "
-                        "(the array-API reference ops, MINIBERT_REFERENCE_OPS=1), e.g. numpy,numpy-reference-ops "
-                        "to measure what backends/_numpy_fast.py buys")
+                        "those not installed are skipped)")
     p.add_argument("--presets", nargs="+", choices=list(PRESETS),
                    help=f"model presets (default: {' '.join(CPU_PRESETS)}; with --gpu {' '.join(GPU_PRESETS)})")
     p.add_argument("--batch-size", type=int, default=32)
@@ -95,9 +92,8 @@ def parse_args(argv=None):
     else:
         args.skipped_backends = []
         for b in args.backends:
-            if b.removesuffix(REFERENCE_OPS_SUFFIX) not in MINIBERT_BACKENDS:
-                p.error(f"--backends: unknown {b!r}; allowed: {', '.join(MINIBERT_BACKENDS)}, each optionally "
-                        f"followed by {REFERENCE_OPS_SUFFIX}")
+            if b not in MINIBERT_BACKENDS:
+                p.error(f"--backends: unknown {b!r}; allowed: {', '.join(MINIBERT_BACKENDS)}")
     args.presets = args.presets or list(GPU_PRESETS if args.gpu else CPU_PRESETS)
     args.repeats = args.repeats if args.repeats is not None else (4 if quick else 10)
     args.infer_repeats = args.infer_repeats if args.infer_repeats is not None else (2 if quick else 6)

@@ -78,7 +78,7 @@ def machine_info(args) -> dict:
         "env": {k: v for k, v in os.environ.items()
                 if k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "GLIBC_TUNABLES",
                          "NUMPY_MADVISE_HUGEPAGE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-                or k.startswith(("MALLOC_", "JAX_")) or k == "MINIBERT_REFERENCE_OPS"},
+                or k.startswith(("MALLOC_", "JAX_"))},
         "loadavg_start": os.getloadavg(),
     }
     if args.gpu:

@@ -92,7 +92,7 @@ class MinibertRunner(Runner):
         self.np = np
 
     def info(self) -> dict:
-        out = {**self.be.describe(), "fast_ops": sorted(self.be.fast_ops)}
+        out = self.be.describe()
         if self.spec["gpu"]:
             out["tf32"] = self.spec["tf32"]
         return out

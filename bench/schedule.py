@@ -44,9 +44,7 @@ def worker_entries(args) -> list[dict]:
     --reference-variants attention with each of --reference-heads (an entry's own :all or :labelled picks its
     head alone); named pytorch-ATTN for the all-positions head, pytorch-ATTN-labelled for the same-work one.
     A bad variant is a ValueError naming it."""
-    # NAME-reference-ops: backend NAME with its fast_ops off (the array-API reference ops)
-    entries = [{"name": b, "kind": "minibert", "backend": b.removesuffix("-reference-ops"),
-                "reference_ops": b.endswith("-reference-ops")} for b in args.backends]
+    entries = [{"name": b, "kind": "minibert", "backend": b} for b in args.backends]
     for variant in args.reference_variants:
         attn, _, head = variant.partition(":")
         if attn not in ("eager", "sdpa") or head not in ("", "all", "labelled"):

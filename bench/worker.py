@@ -38,8 +38,6 @@ def _import_libraries(spec) -> None:
 
         import minibert.hf  # noqa: F401
     else:
-        if spec.get("reference_ops"):      # the backend's array-API reference ops, no fast_ops (see backends.base)
-            os.environ["MINIBERT_REFERENCE_OPS"] = "1"
         import backends
         backends.get_backend(spec["backend"])
         for module in MINIBERT_MODULES:

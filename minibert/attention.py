@@ -55,7 +55,7 @@ def attention_forward(x, weight_qkv, bias_qkv, weight_out, bias_out, bias_mask, 
     # k: [B, A, T, D] -> k^T [B, A, D, T]; scores [B, A, T, T]
     scores = q @ xp.matrix_transpose(k)
     scores += bias_mask                                             # in place where writeable (as linear_forward)
-    probs, softmax_cache = softmax_forward(scores, backend)
+    probs, softmax_cache = softmax_forward(scores)
     dropped, drop_cache = dropout_forward(probs, dropout_rate, key, backend)
     # p' v [B, A, T, D] -> [B, T, A, D] -> [B*T, H] (heads concatenated)
     context = xp.reshape(xp.permute_dims(dropped @ v, (0, 2, 1, 3)), (batch * seq, hidden))

@@ -90,39 +90,28 @@ class GeluCache(NamedTuple):
     x: Any              # input [N, F]
     saved: Any          # Phi(x) (exact) or tanh(u) (approximate) [N, F]
     approximate: bool   # which of the two formulas ran
-    backend: Any        # its fast_ops may hold a faster exact GELU backward
 
 
 def gelu_forward(x, backend, approximate=False):
     """Exact:  y = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2.
     Tanh approximation (approximate=True):  y = x * (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3).
-    x [N, F] -> y [N, F]; cache (x, Phi(x) or tanh(u), approximate, backend).
-    A backend with `fast_ops["gelu_forward"]` computes the exact form with it (same formula; see
-    backends/_numpy_fast.py).
+    x [N, F] -> y [N, F]; cache (x, Phi(x) or tanh(u), approximate). `backend` supplies erf.
     """
     xp = array_namespace(x)
     if approximate:
         t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x))
-        return 0.5 * x * (1.0 + t), GeluCache(x=x, saved=t, approximate=True, backend=backend)
-    fast = backend.fast_ops.get("gelu_forward")
-    if fast is not None:
-        y, cdf = fast(x)
-        return y, GeluCache(x=x, saved=cdf, approximate=False, backend=backend)
+        return 0.5 * x * (1.0 + t), GeluCache(x=x, saved=t, approximate=True)
     cdf = 0.5 * (1.0 + backend.erf(x * SQRT_HALF))
-    return x * cdf, GeluCache(x=x, saved=cdf, approximate=False, backend=backend)
+    return x * cdf, GeluCache(x=x, saved=cdf, approximate=False)
 
 
 def gelu_backward(dy, cache: GeluCache):
     """Exact:  dy/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
     Tanh:    dy/dx = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(u).
-    dy [N, F] -> (dx [N, F] = dy * dy/dx, {}); the exact form through the backend's fast_ops["gelu_backward"]
-    where it has one.
+    dy [N, F] -> (dx [N, F] = dy * dy/dx, {}).
     """
     xp = array_namespace(dy)
     x, saved = cache.x, cache.saved
-    fast = cache.backend.fast_ops.get("gelu_backward")
-    if fast is not None and not cache.approximate:
-        return fast(dy, x, saved), {}
     if cache.approximate:
         du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * x * x)
         return dy * (0.5 * (1.0 + saved) + 0.5 * x * (1.0 - saved * saved) * du_dx), {}
@@ -133,30 +122,21 @@ def gelu_backward(dy, cache: GeluCache):
 
 class SoftmaxCache(NamedTuple):
     probs: Any      # p [..., K]
-    backend: Any    # its fast_ops may hold a faster backward (None: the reference)
 
 
-def softmax_forward(scores, backend=None):
+def softmax_forward(scores):
     """p = exp(s - max(s)) / sum(exp(s - max(s))) over the last axis (subtracting the max keeps exp <= 1,
-    so scores of any size stay finite). scores [..., K] -> p [..., K]; cache (p, backend).
-    A `backend` with `fast_ops["softmax_forward"]` computes it with that (same formula; backends/_numpy_fast.py)."""
-    fast = None if backend is None else backend.fast_ops.get("softmax_forward")
-    if fast is not None:
-        p = fast(scores)
-        return p, SoftmaxCache(probs=p, backend=backend)
+    so scores of any size stay finite). scores [..., K] -> p [..., K]; cache (p)."""
     xp = array_namespace(scores)
     e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
     p = e / xp.sum(e, axis=-1, keepdims=True)
-    return p, SoftmaxCache(probs=p, backend=backend)
+    return p, SoftmaxCache(probs=p)
 
 
 def softmax_backward(dp, cache: SoftmaxCache):
     """ds_j = p_j (dp_j - sum_k dp_k p_k)   (the Jacobian diag(p) - p p^T applied to dp).
-    dp [..., K] -> (ds [..., K], {}); through the backend's fast_ops["softmax_backward"] where it has one."""
+    dp [..., K] -> (ds [..., K], {})."""
     p = cache.probs
-    fast = None if cache.backend is None else cache.backend.fast_ops.get("softmax_backward")
-    if fast is not None:
-        return fast(dp, p), {}
     xp = array_namespace(dp)
     return p * (dp - xp.sum(dp * p, axis=-1, keepdims=True)), {}
 
@@ -170,14 +150,9 @@ class DropoutCache(NamedTuple):
 def dropout_forward(x, rate, key, backend):
     """Inverted dropout: y = x * m / (1 - rate), m ~ Bernoulli(1 - rate) elementwise. Identity when
     `key` is None or rate == 0 (evaluation). x [...] -> y [...] (same shape); cache the scaled mask
-    m / (1 - rate) (None for identity). A backend with `fast_ops["dropout_forward"]` computes it with that (the
-    same numbers from `backend.uniform`; backends/_numpy_fast.py)."""
+    m / (1 - rate) (None for identity)."""
     if key is None or rate == 0.0:
         return x, DropoutCache(scaled_mask=None)
-    fast = backend.fast_ops.get("dropout_forward")
-    if fast is not None:
-        y, scaled_mask = fast(x, rate, key)
-        return y, DropoutCache(scaled_mask=scaled_mask)
     xp = array_namespace(x)
     keep = backend.uniform(key, x.shape, x.dtype) >= rate
     scaled_mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - rate))

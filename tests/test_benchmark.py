@@ -67,7 +67,7 @@ def test_tiny_run_writes_sane_json(tmp_path):
     out = tmp_path / "bench.json"
     result = run_script(
         child_env(), "benchmark.py", "--presets", "tiny", "--batch-size", "4", "--seq-len", "32", "--repeats", "2",
-        "--infer-repeats", "1", "--warmup", "1", "--max-warmup", "1", "--backends", "numpy,numpy-reference-ops",
+        "--infer-repeats", "1", "--warmup", "1", "--max-warmup", "1", "--backends", "numpy",
         "--reference-variants", "eager", "--gemm-size", "128", "--gemm-repeats", "1", "--scatter-repeats", "2",
         "--pause", "0", "--burst-warmup", "0", "--json", out, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -102,10 +102,7 @@ def test_tiny_run_writes_sane_json(tmp_path):
     libs = res["libraries"]
     assert libs["pytorch-eager"]["vs_reference"]["train_time"] == 1.0
     assert libs["pytorch-eager-labelled"]["vs_same_work"]["train_time"] == 1.0
-    # numpy-reference-ops: numpy with its fast ops off, the same step to the last bit (same weights, keys, batch)
-    assert "gelu_forward" in libs["numpy"]["info"]["fast_ops"] and libs["numpy-reference-ops"]["info"]["fast_ops"] == []
-    assert libs["numpy-reference-ops"]["warmup_losses"] == libs["numpy"]["warmup_losses"]
-    assert libs["numpy-reference-ops"]["vs_same_work"]["train_time_paired_median"] > 0
+    assert libs["numpy"]["info"]["row_threads"] >= 1
     assert libs["pytorch-eager"]["info"]["head"] == "all" and libs["pytorch-eager-labelled"]["info"]["head"] == "labelled"
     # the same-work reference computes the same loss: on the initial weights without dropout in one process ...
     check = libs["pytorch-eager-labelled"]["info"]["same_work_check"]
