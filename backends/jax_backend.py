@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 
-from backends._host_memory import keep_freed_memory
 from backends.base import Backend, BackendUnavailableError, PeakMemory
 
 INSTALL_HINT = ("pip install -e '.[jax]'  (or: pip install jax; for NVIDIA GPUs: pip install 'jax[cuda12]' "
@@ -206,9 +205,6 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
 
 
 def create() -> Backend:
-    # before XLA starts its thread pools: on the CPU its per-step temporary buffer is then reused, not faulted
-    # in again every step (backends/_host_memory.py); on a GPU it only concerns host-side allocations
-    keep_freed_memory()
     try:
         import jax
     except ImportError as exc:
