@@ -35,8 +35,8 @@ On a shared machine, every burst also records how busy the rest of the machine w
 are flagged noisy, and the "quiet" figures use only the others. Warm-up runs until steps stop getting faster.
 Per step the workers also record CPU time, its kernel share and page faults: NumPy, XLA and torch have the kernel
 map and zero fresh pages for big temporaries. Settings in the environment reach every worker and are recorded in
-the JSON, e.g. glibc malloc keeping freed memory for reuse:
-    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296
+the JSON, e.g. transparent huge pages for glibc's big blocks (XLA's per-step buffer on the CPU; README, Speed):
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
 The package, one concern per module: flops (what a step computes, the shared batch), probes (memory, CPUs, load),
 runners (what a worker runs), worker (the parent-worker protocol; `python -m bench.worker`), schedule (the rounds
