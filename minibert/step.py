@@ -18,7 +18,9 @@ their label counts (the mean of the micro-batch means would weigh each label of 
 more; transformers' Trainer moved to this form in 4.46). On a backend sharded over devices
 (`Backend.data_parallel`) every array of a batch is split by rows across the devices and the same code runs as
 one program: C and every sum over rows are global, the compiler adds the cross-device reductions (the gradient
-all-reduce, see docs/guide/12-data-parallel-training.md), so N devices give the result of one.
+all-reduce, see docs/guide/12-data-parallel-training.md), so N devices give the result of one. On a backend with
+row threads (`Backend.row_threads`: numpy on several cores) each micro-batch's rows are split into blocks that run
+at once on one device, summed the same way (`forward_backward_by_rows`).
 """
 from __future__ import annotations
 
@@ -66,8 +68,8 @@ def forward_backward_by_rows(forward_backward_fn, params, arrays, key, normalise
     the same token-weighted sum as micro-batches (module docstring), the blocks run at once by
     `backend.thread_map`. The result is deterministic for a given thread count; another count splits the rows
     and the dropout keys differently (as another micro-batch split would)."""
-    blocks = arrays.split_rows(backend.row_threads) if backend.row_threads > 1 and hasattr(arrays, "split_rows") \
-        else [arrays]
+    splittable = backend.row_threads > 1 and hasattr(arrays, "split_rows")
+    blocks = arrays.split_rows(backend.row_threads) if splittable else [arrays]
     if len(blocks) == 1:
         return forward_backward_fn(params, arrays, key, normaliser)
     results = backend.thread_map(
