@@ -18,11 +18,11 @@ class NumpyBackend(Backend):
     """NumPy on the CPU. With `row_threads` > 1 a training step splits each batch's rows over that many threads
     (minibert/step.py), which `thread_map` runs at once, each with single-threaded BLAS: NumPy's elementwise work
     (GELU, softmax, LayerNorm, dropout, ...) runs on one core per call, so splitting the rows keeps every core busy
-    for all of the step instead of only in the GEMMs. Measured, mini
-    preset B32 T128 on 2 cores: forward + backward 600 ms on one thread with 2-thread BLAS, 505 ms on two row
-    threads (the single-threaded 980 ms halved). Needs OpenBLAS's thread control (backends/_blas_threads.py);
-    without it, and with OMP_NUM_THREADS / OPENBLAS_NUM_THREADS = 1, rows stay on one thread. Each row thread holds
-    a full set of gradients until they are summed (base preset: 440 MB each): cap them with OMP_NUM_THREADS."""
+    for all of the step instead of only in the GEMMs. Measured, mini preset B32 T128 on 2 cores: forward +
+    backward 600 ms on one thread with 2-thread BLAS, 505 ms on two row threads (the single-threaded 980 ms
+    halved). Needs OpenBLAS's thread control (backends/_blas_threads.py); without it, and with OMP_NUM_THREADS /
+    OPENBLAS_NUM_THREADS = 1, rows stay on one thread. Each row thread holds a full set of gradients until they
+    are summed (base preset: 440 MB each): cap them with OMP_NUM_THREADS."""
 
     name = "numpy"
     xp = xp_numpy

@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 
 import backends
-from minibert.batch import check_batch, check_inputs, check_params, device_batch
+from minibert.batch import check_batch, check_inputs, check_params, device_batch, row_blocks
 from minibert.classify import classify_forward_backward, classify_logits_all
 from minibert.classify_batch import check_classify_batch, classify_device_batch, require_classifier
 from minibert.config import BertConfig
@@ -50,11 +50,8 @@ def compiled_logits(fn, config: BertConfig, backend):
         return run
 
     def by_rows(params, *inputs):
-        rows = inputs[0].shape[0]
-        parts = min(backend.row_threads, rows)
-        bounds = [rows * s // parts for s in range(parts + 1)]
-        blocks = backend.thread_map(lambda s: run(params, *(a[bounds[s]:bounds[s + 1], ...] for a in inputs)),
-                                    range(parts))
+        blocks = backend.thread_map(lambda rows: run(params, *(a[rows[0]:rows[1], ...] for a in inputs)),
+                                    row_blocks(inputs[0].shape[0], backend.row_threads))
         return backend.xp.concat(blocks, axis=0)
     return by_rows
 

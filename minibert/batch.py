@@ -174,15 +174,23 @@ class DeviceBatch(NamedTuple):
         token; their weights sum to this batch's. For a backend's row threads (minibert/step.py)."""
         batch, seq = self.input_ids.shape
         blocks = []
-        for s in range(parts):
-            lo, hi = batch * s // parts, batch * (s + 1) // parts
-            if hi > lo:
-                inside = (self.positions >= lo * seq) & (self.positions < hi * seq)     # [N] bool
-                blocks.append(DeviceBatch(
-                    input_ids=self.input_ids[lo:hi, :], attention_mask=self.attention_mask[lo:hi, :],
-                    token_type_ids=self.token_type_ids[lo:hi, :], positions=self.positions[inside] - lo * seq,
-                    targets=self.targets[inside], weights=self.weights[inside]))
+        for lo, hi in row_blocks(batch, parts):
+            inside = (self.positions >= lo * seq) & (self.positions < hi * seq)     # [N] bool
+            blocks.append(DeviceBatch(**input_rows(self, lo, hi), positions=self.positions[inside] - lo * seq,
+                                      targets=self.targets[inside], weights=self.weights[inside]))
         return blocks
+
+
+def row_blocks(rows: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) of up to `parts` blocks of consecutive rows covering range(rows), sizes differing by at most one,
+    empty blocks left out: how a backend's row threads split a batch (minibert/step.py, `api.compiled_logits`)."""
+    bounds = [rows * s // parts for s in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def input_rows(arrays, lo: int, hi: int) -> dict:
+    """Rows [lo, hi) of a device batch's three [B, T] model inputs, by field name."""
+    return {name: getattr(arrays, name)[lo:hi, :] for name in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def device_batches(batches: list, backend, dtype) -> list[DeviceBatch]:

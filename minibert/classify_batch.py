@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minibert.batch import check_batch_inputs, host_ints
+from minibert.batch import check_batch_inputs, host_ints, input_rows, row_blocks
 from minibert.config import IGNORE_LABEL, BertConfig
 
 
@@ -25,15 +25,8 @@ class ClassifyBatch(NamedTuple):
         row threads (minibert/step.py)."""
         batch = self.input_ids.shape[0]
         per_row = self.targets.shape[0] // batch
-        blocks = []
-        for s in range(parts):
-            lo, hi = batch * s // parts, batch * (s + 1) // parts
-            if hi > lo:
-                blocks.append(ClassifyBatch(
-                    input_ids=self.input_ids[lo:hi, :], attention_mask=self.attention_mask[lo:hi, :],
-                    token_type_ids=self.token_type_ids[lo:hi, :], targets=self.targets[lo * per_row:hi * per_row],
-                    weights=self.weights[lo * per_row:hi * per_row]))
-        return blocks
+        return [ClassifyBatch(**input_rows(self, lo, hi), targets=self.targets[lo * per_row:hi * per_row],
+                              weights=self.weights[lo * per_row:hi * per_row]) for lo, hi in row_blocks(batch, parts)]
 
 
 def require_classifier(config: BertConfig) -> None:
