@@ -12,10 +12,8 @@ PROBLEM_TYPES = ("single_label_classification", "regression")
 # its to_dict() leaves them (and `task`) out, so MLM configs serialise exactly as before the classification heads
 CLASSIFIER_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "classifier_dropout")
 
-# The special tokens, defined once for the tokenizer, the data, the config and inference: token i has id i.
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
-SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))
+# The special token ids (pad, cls, sep, mask, ...) belong to a vocabulary: ask the tokenizer
+# (`minibert.tokenizer.WordPieceTokenizer`), never a constant. The model needs only the pad id (`pad_token_id`).
 IGNORE_LABEL = -100     # a label that asks for no prediction (the loss skips it), as in BERT
 
 # name: (num_layers, hidden_size, num_heads, intermediate_size, max_position, vocab_size)
@@ -55,7 +53,7 @@ class BertConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    pad_token_id: int = PAD_ID
+    pad_token_id: int = 0       # the [PAD] row of the word embeddings (the tokenizer's pad_id)
     task: str = "mlm"
     num_labels: int | None = None
     # dicts are not hashable: left out of the hash (equal configs still hash equal), compared as usual

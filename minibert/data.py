@@ -10,14 +10,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .config import CLS_ID, IGNORE_LABEL, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS
+from .config import IGNORE_LABEL
 from .tokenizer import WordPieceTokenizer
 MASK_PROB = 0.15
 _SHUFFLE_STREAM, _MASK_STREAM = 0, 1  # keep the shuffle and masking random streams apart
 
 
-def pack_sequences(token_docs: Sequence[Sequence[int]], seq_len: int, seed: int, *, cls_id: int = CLS_ID,
-                   sep_id: int = SEP_ID, pad_id: int = PAD_ID) -> dict[str, np.ndarray]:
+def pack_sequences(token_docs: Sequence[Sequence[int]], seq_len: int, seed: int, *, cls_id: int,
+                   sep_id: int, pad_id: int) -> dict[str, np.ndarray]:
     """Pack consecutive text into BERT pairs `[CLS] A [SEP] B [SEP] [PAD]...` of length `seq_len`.
 
     The documents are read as one token stream, cut into chunks of `seq_len - 3` tokens (the last one may be
@@ -49,8 +49,7 @@ def pack_sequences(token_docs: Sequence[Sequence[int]], seq_len: int, seed: int,
 
 
 def mask_tokens(input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int, *,
-                special_ids: Sequence[int] = SPECIAL_IDS, mask_id: int = MASK_ID,
-                mask_prob: float = MASK_PROB) -> tuple[np.ndarray, np.ndarray]:
+                special_ids: Sequence[int], mask_id: int, mask_prob: float = MASK_PROB) -> tuple[np.ndarray, np.ndarray]:
     """BERT masking: pick round(mask_prob * n) of each row's n non-special tokens (at least 1 when n > 0);
     of those, 80% become [MASK], 10% a random non-special token, 10% stay. Returns (masked_ids, labels),
     labels holding the original id at picked positions and `IGNORE_LABEL` (-100) elsewhere.
@@ -154,7 +153,7 @@ class MLMBatcher(EpochBatcher):
 
     def __init__(self, sequences: dict[str, np.ndarray], batch_size: int, vocab_size: int, seed: int, *,
                  shuffle: bool = True, drop_last: bool = True, mask_prob: float = MASK_PROB,
-                 special_ids: Sequence[int] = SPECIAL_IDS, mask_id: int = MASK_ID):
+                 special_ids: Sequence[int], mask_id: int):
         self.sequences = {name: np.asarray(sequences[name], dtype=np.int32)
                           for name in ("input_ids", "attention_mask", "token_type_ids")}
         num_sequences = len(self.sequences["input_ids"])

@@ -30,7 +30,7 @@ from minibert.model import label_count
 from minibert.params import init_classifier_from, init_host_params
 from minibert.rundir import open_run
 from minibert.settings import get_backend
-from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
+from minibert.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer, train_wordpiece
 
 BUILTIN = "docstring package (built-in)"     # the task's name in messages when no --train file is given
 RUNS_ROOT = "runs"                            # where the default pretrained run is looked for
@@ -95,13 +95,12 @@ def default_pretrained_run(root: str = RUNS_ROOT) -> Path:
     return max(found)[1]
 
 
-def encoder_source(init_from: str, dtype: str) -> tuple[BertConfig, dict, Path]:
+def encoder_source(init_from: str, dtype: str) -> tuple[BertConfig, dict, WordPieceTokenizer]:
     """(the source's encoder config, its encoder params (with a pooler and classifier where it has them), its
-    vocab.txt) from a Mini-BERT run directory or a transformers BERT folder; ValueError if it is neither."""
+    tokenizer) from a Mini-BERT run directory or a transformers BERT folder; ValueError if it is neither."""
     source = Path(init_from)
     if not source.is_dir():
         raise FileNotFoundError(f"--init-from {init_from}: no such directory")
-    vocab = source / "vocab.txt"
     try:
         fields = json.loads((source / ckpt.RUN_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -120,14 +119,16 @@ def encoder_source(init_from: str, dtype: str) -> tuple[BertConfig, dict, Path]:
         else:
             from minibert.hf import encoder_from_transformers
             config, params = encoder_from_transformers(source, dtype)
+    except FileNotFoundError:
+        raise
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise ValueError(f"--init-from {init_from} is not a BERT this can start from: {exc}") from None
-    if not vocab.exists():
-        raise FileNotFoundError(f"--init-from {init_from} has no vocab.txt; the encoder needs its own vocabulary")
+    tokenizer = load_tokenizer(source)
+    check_tokenizer_fits(config, tokenizer, f"--init-from {init_from}: its tokenizer")
     encoder_config = BertConfig.from_dict({k: v for k, v in config.to_dict().items()
                                            if k not in ("task", "num_labels", "id2label", "label2id",
                                                         "problem_type", "classifier_dropout")})
-    return encoder_config, params, vocab
+    return encoder_config, params, tokenizer
 
 
 def classifier_config(encoder: BertConfig, data: TaskData, dropout: float) -> BertConfig:
@@ -181,7 +182,7 @@ class FinetuneTask:
         return dict(self._run_info)
 
     def run_files(self) -> dict[str, bytes]:
-        return {"vocab.txt": self.tokenizer.vocab_bytes()}
+        return self.tokenizer.files()
 
     def summary(self, metrics: dict) -> str:
         return summarize(metrics)
@@ -199,23 +200,27 @@ def _model_plan(settings: FinetuneSettings, run, data: TaskData, log) -> tuple:
                 f"({list(config.id2label.values())}), but {settings.train or BUILTIN} now gives "
                 f"num_labels={wanted.num_labels} ({list(wanted.id2label.values())}); the training labels changed")
         ckpt.check_checkpoint_tensors(run.resume.checkpoint, config, settings.dtype)
-        vocab = run.path / "vocab.txt"
-        if not vocab.exists():
-            raise FileNotFoundError(f"{vocab} not found: --resume {run.path} needs the run's own vocabulary")
-        return config, WordPieceTokenizer.from_vocab(str(vocab)), None, {}
+        try:
+            tokenizer = load_tokenizer(run.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{run.path / 'vocab.txt'} not found: --resume {run.path} needs the run's own "
+                                    "vocabulary") from None
+        return config, tokenizer, None, {}
     if settings.from_scratch:
         tokenizer = train_wordpiece(task_texts(data), settings.vocab_size)
-        encoder = BertConfig.preset(settings.config, vocab_size=tokenizer.vocab_size)
+        encoder = BertConfig.preset(settings.config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
         config = classifier_config(encoder, data, settings.dropout)
         return config, tokenizer, init_host_params(config, settings.seed, settings.dtype), {"init": "random"}
-    encoder, weights, vocab = encoder_source(settings.init_from, settings.dtype)
-    tokenizer = WordPieceTokenizer.from_vocab(str(vocab))
-    if tokenizer.vocab_size != encoder.vocab_size:
-        raise ValueError(f"--init-from {settings.init_from}: vocab.txt has {tokenizer.vocab_size} tokens but the "
-                         f"model has vocab_size={encoder.vocab_size}")
+    encoder, weights, tokenizer = encoder_source(settings.init_from, settings.dtype)
     config = classifier_config(encoder, data, settings.dropout)
     params, fresh = init_classifier_from(weights, config, settings.seed, settings.dtype)
-    log(f"initialised from {settings.init_from}; new: {', '.join(fresh) or 'nothing'}")
+    why = ""
+    if "classifier.weight" in weights and "classifier.weight" in fresh:
+        why = (f" (the checkpoint's classifier has {weights['classifier.weight'].shape[-1]} labels, this task "
+               f"{config.num_labels})")
+    kept_head = [name for name in params if name not in fresh and name.startswith(("pooler.", "classifier."))]
+    log(f"initialised from {settings.init_from}; kept: the encoder{''.join(', ' + name for name in kept_head)}; "
+        f"new: {', '.join(fresh) or 'nothing'}{why}")
     return config, tokenizer, params, {"init": str(settings.init_from), "fresh_params": fresh}
 
 

@@ -10,7 +10,7 @@ from minibert import checkpoint as ckpt
 from minibert.config import BertConfig
 from minibert.optim import AdamWConfig
 from minibert.settings import DTYPES, _FIELD_RE, _FLAG_OF_FIELD, _is_int, _is_real, flag
-from minibert.tokenizer import SPECIAL_TOKENS
+from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS
 
 SCRIPT = "scripts/finetune.py"
 TASKS = ("sequence", "token")

@@ -189,6 +189,7 @@ def transformers_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
 # Mini-BERT name -> (transformers name, transposed?), for every parameter that is a plain copy or a transpose.
 _POOLER_NAMES = {"pooler.dense.weight": (_POOLER + "dense.weight", True),
                  "pooler.dense.bias": (_POOLER + "dense.bias", False)}
+_CLASSIFIER_NAMES = {"classifier.weight": ("classifier.weight", True), "classifier.bias": ("classifier.bias", False)}
 
 
 def _head_names(config: BertConfig) -> dict[str, tuple[str, bool]]:
@@ -201,7 +202,7 @@ def _head_names(config: BertConfig) -> dict[str, tuple[str, bool]]:
             "head.decoder_bias": (_HEAD_BIAS, False),
         }
     names = dict(_POOLER_NAMES) if config.task == "sequence" else {}
-    names.update({"classifier.weight": ("classifier.weight", True), "classifier.bias": ("classifier.bias", False)})
+    names.update(_CLASSIFIER_NAMES)
     return names
 
 

@@ -1,4 +1,4 @@
-"""Using a trained run: load it onto a backend, evaluate it, fill in [MASK] tokens (host side); for a fine-tuned
+"""Using a trained run, or a transformers BERT folder as downloaded: load it onto a backend, evaluate it, fill in [MASK] tokens (host side); for a fine-tuned
 classifier, `load_classifier_run`, `evaluate_classifier` (also the held-out metrics during fine-tuning) and
 `predict_text`.
 
@@ -7,7 +7,6 @@ Readers take no lock: they read the newest complete checkpoint, also while a run
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -22,24 +21,44 @@ from minibert.finetune_encode import EncodedExamples, FinetuneBatcher, encode_te
 from minibert.finetune_settings import TASKS, resume_settings
 from minibert.metrics import accuracy, is_bio_tagset, macro_f1, pearson, span_f1, spearman, token_accuracy
 from minibert.model import masked_lm_metrics
-from minibert.tokenizer import WordPieceTokenizer
+from minibert.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer
+
+
+def is_run_dir(path) -> bool:
+    """Whether `path` is a Mini-BERT run directory (its config.json has a "model" section), not a transformers
+    folder (whose config.json is the model's config itself)."""
+    try:
+        return isinstance(ckpt.read_run_config(path).get("model"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def model_config(path) -> BertConfig:
+    """The model config of a run directory or of a transformers BERT folder (its task from its head)."""
+    if is_run_dir(path):
+        return ckpt.run_model_config(path)
+    from minibert.hf import checkpoint_config
+    return checkpoint_config(path)
 
 
 def load_run(run_dir, backend_name: str | None = None, dtype: str = "float32"):
-    """(config, params on the backend, tokenizer, backend) from a run's newest verified checkpoint.
+    """(config, params on the backend, tokenizer, backend) from a run's newest verified checkpoint, or from a
+    transformers BERT folder (`minibert.hf.from_transformers`: its own head, its own tokenizer).
 
     Everything is checked before the weights are moved: the backend and dtype, the checkpoint (size, sha256,
-    tensors against the run's model config) and the vocabulary (its size against the model's)."""
+    tensors against the run's model config) and the tokenizer (its size and pad id against the model's)."""
     backend = backends.get_backend(backend_name)
     backend.dtype(dtype)
-    config, host_params = ckpt.load_latest_params(run_dir)
-    vocab = Path(run_dir) / "vocab.txt"
-    if not vocab.exists():
-        raise FileNotFoundError(f"{vocab} not found: the run's vocabulary is missing")
-    tokenizer = WordPieceTokenizer.from_vocab(str(vocab))
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens, but the run's model has "
-                         f"vocab_size={config.vocab_size}: they must match")
+    if is_run_dir(run_dir):
+        config, host_params = ckpt.load_latest_params(run_dir)
+    else:
+        from minibert.hf import from_transformers
+        config, host_params = from_transformers(run_dir, dtype)
+    try:
+        tokenizer = load_tokenizer(run_dir)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}: the model's tokenizer is missing") from None
+    check_tokenizer_fits(config, tokenizer, f"{run_dir}: its tokenizer")
     params = {k: backend.asarray(v, dtype=dtype) for k, v in host_params.items()}
     return config, params, tokenizer, backend
 
@@ -73,7 +92,7 @@ def fill_mask(text: str, config, params, tokenizer: WordPieceTokenizer, backend,
     ids = [tokenizer.cls_id] + tokenizer.encode(text) + [tokenizer.sep_id]
     positions = [i for i, token in enumerate(ids) if token == tokenizer.mask_id]
     if not positions:
-        raise ValueError(f"text has no [MASK] token to fill: {text!r}")
+        raise ValueError(f"text has no {tokenizer.special_tokens['mask_token']} token to fill: {text!r}")
     if len(ids) > config.max_position:
         raise ValueError(f"text is {len(ids)} tokens with [CLS]/[SEP], more than max_position={config.max_position}; "
                          "shorten it")
@@ -150,10 +169,14 @@ def summarize(metrics: dict) -> str:
 
 def load_classifier_run(run_dir, backend_name: str | None = None):
     """(settings, config, params on the backend, tokenizer, backend, max_len) of a fine-tuned run's newest
-    checkpoint."""
+    checkpoint, or of a transformers classifier folder (settings None; max_len the smaller of max_position and
+    the tokenizer's model_max_length)."""
     config, params, tokenizer, backend = load_run(run_dir, backend_name)
     if config.task not in TASKS:
         raise ValueError(f"{run_dir} is a masked-LM run (task {config.task!r}), not a fine-tuned classifier")
+    if not is_run_dir(run_dir):
+        return None, config, params, tokenizer, backend, min(config.max_position,
+                                                             tokenizer.model_max_length or config.max_position)
     max_len = ckpt.read_run_config(run_dir).get("max_len", config.max_position)
     return resume_settings(run_dir), config, params, tokenizer, backend, max_len
 

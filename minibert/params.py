@@ -95,9 +95,10 @@ def init_classifier_from(encoder_params, config: BertConfig, seed: int = 0,
     `minibert.hf.encoder_from_transformers`'s); the embeddings and every layer must be there with this config's
     shapes. Head parameters the source has with the right shape (a pooler from BertModel / BertForPreTraining,
     a classifier of the same num_labels) are kept, as transformers' `from_pretrained` keeps them; those it lacks
-    (the pooler of a masked LM, which has none; a new classifier) are drawn as `init_host_params(config, seed)`
-    draws them (N(0, initializer_range^2), biases 0). Source tensors the config has no use for (the MLM head)
-    are dropped. A head tensor of another shape (e.g. a classifier for another num_labels) is an error.
+    (the pooler of a masked LM, which has none; a new classifier) or has with another shape (a classifier for
+    another num_labels, as transformers' `ignore_mismatched_sizes=True`) are drawn as
+    `init_host_params(config, seed)` draws them (N(0, initializer_range^2), biases 0). Source tensors the config
+    has no use for (the MLM head) are dropped. An encoder tensor of another shape is an error.
     """
     if config.task == "mlm":
         raise ValueError("init_classifier_from needs a classification config (task 'sequence' or 'token'), "
@@ -114,6 +115,10 @@ def init_classifier_from(encoder_params, config: BertConfig, seed: int = 0,
             fresh.append(name)
             continue
         value = np.asarray(encoder_params[name])
+        if value.shape != shape and name in head:
+            params[name] = fresh_values[name]
+            fresh.append(name)
+            continue
         if value.shape != shape:
             raise ValueError(f"encoder_params: {name} has shape {value.shape}, this config needs {shape} "
                              f"(num_labels={config.num_labels}, hidden_size={config.hidden_size})")

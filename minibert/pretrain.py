@@ -24,7 +24,7 @@ from minibert.model import forward_backward, label_count
 from minibert.params import init_host_params
 from minibert.rundir import open_run
 from minibert.settings import RESUME_FIXED, TrainSettings, get_backend
-from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
+from minibert.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer, train_wordpiece
 
 # The held-out set is one fixed draw, the same in every evaluation and for every training recipe: its packing seed
 # (where each sequence splits into A and B), masking seed, masking rate and batch size (masks are drawn per batch)
@@ -51,8 +51,9 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
-    """Corpus -> tokenizer (trained and cached, or the run's own vocab.txt) -> packed, masked batches."""
+def load_data(settings: TrainSettings, tokenizer: WordPieceTokenizer | None) -> Data:
+    """Corpus -> tokenizer (the given one: a run's or a checkpoint's own; None: trained and cached) -> packed,
+    masked batches (special ids and the never-masked set from the tokenizer)."""
     if settings.corpus:
         try:
             train_docs, heldout_docs = load_corpus_files(list(settings.corpus))
@@ -60,8 +61,8 @@ def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
             raise type(exc)(f"--corpus: {exc}") from None
     else:
         train_docs, heldout_docs = load_default_corpus()
-    tokenizer = (WordPieceTokenizer.from_vocab(str(vocab_path)) if vocab_path is not None
-                 else train_wordpiece(train_docs, settings.vocab_size))
+    if tokenizer is None:
+        tokenizer = train_wordpiece(train_docs, settings.vocab_size)
     train_seqs, heldout_seqs = build_datasets(train_docs, heldout_docs, tokenizer, settings.seq_len, settings.seed,
                                               heldout_seed=EVAL_PACK_SEED)
     corpus = (f"--corpus {' '.join(settings.corpus)}" if settings.corpus else "the embedded corpus")
@@ -76,11 +77,12 @@ def load_data(settings: TrainSettings, vocab_path: Path | None) -> Data:
                          f"{_count(len(train_docs) + len(heldout_docs), 'paragraph')}) gives no sequence of "
                          f"--seq-len={settings.seq_len}; add text (at least a few paragraphs separated by blank "
                          "lines) or use a shorter --seq-len")
+    masking = dict(special_ids=tokenizer.special_ids, mask_id=tokenizer.mask_id)
     train = MLMBatcher(train_seqs, settings.batch_size, tokenizer.vocab_size, settings.seed,
-                       mask_prob=settings.mask_rate)
+                       mask_prob=settings.mask_rate, **masking)
     eval_batch = min(EVAL_BATCH_SIZE, len(heldout_seqs["input_ids"]))
     heldout = MLMBatcher(heldout_seqs, eval_batch, tokenizer.vocab_size, EVAL_SEED, shuffle=False, drop_last=False,
-                         mask_prob=EVAL_MASK_RATE)
+                         mask_prob=EVAL_MASK_RATE, **masking)
     counts = np.bincount(train_seqs["input_ids"].reshape(-1), minlength=tokenizer.vocab_size)
     counts[list(tokenizer.special_ids)] = 0
     baseline_token = int(np.argmax(counts))
@@ -130,32 +132,34 @@ class MLMTask:
                 "corpus_fingerprint": self.data.fingerprint}
 
     def run_files(self) -> dict[str, bytes]:
-        return {"vocab.txt": self.data.tokenizer.vocab_bytes()}
+        return self.data.tokenizer.files()
 
     def summary(self, metrics: dict) -> str:
         return (f"held-out loss {metrics['eval_loss']:.3f}  perplexity {metrics['eval_perplexity']:.1f}  accuracy "
                 f"{metrics['eval_accuracy']:.3f} (most-frequent-token baseline {metrics['baseline_accuracy']:.3f})")
 
 
-def _model_plan(settings: TrainSettings, run) -> tuple:
-    """(model config or None for the preset, vocab.txt to use or None to train one, initial weights or None),
+def _model_plan(settings: TrainSettings, run, log) -> tuple:
+    """(model config or None for the preset, tokenizer to use or None to train one, initial weights or None),
     checked before any data is read."""
     if run.resume is not None:
         config = ckpt.run_model_config(run.path)
         ckpt.check_checkpoint_tensors(run.resume.checkpoint, config, settings.dtype)
-        vocab = run.path / "vocab.txt"
-        if not vocab.exists():
-            raise FileNotFoundError(f"{vocab} not found: --resume {run.path} needs the run's own vocabulary")
-        return config, vocab, None
+        try:
+            tokenizer = load_tokenizer(run.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{run.path / 'vocab.txt'} not found: --resume {run.path} needs the run's own "
+                                    "vocabulary") from None
+        return config, tokenizer, None
     if settings.init_from:
-        from minibert.hf import from_transformers
-        vocab = Path(settings.init_from) / "vocab.txt"
-        if not vocab.exists():
-            raise FileNotFoundError(f"--init-from {settings.init_from} has no vocab.txt")
-        config, weights = from_transformers(settings.init_from)
+        from minibert.hf import masked_lm_from_transformers
+        tokenizer = load_tokenizer(settings.init_from)
+        config, weights, notes = masked_lm_from_transformers(settings.init_from, settings.dtype, settings.seed)
+        for note in notes:
+            log(f"--init-from {settings.init_from}: {note}")
         # the run's dropout is --dropout, as for a fresh model, not the checkpoint's training setting
         config = dataclasses.replace(config, hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
-        return config, vocab, {k: v.astype(settings.dtype) for k, v in weights.items()}
+        return config, tokenizer, weights
     return None, None, None
 
 
@@ -191,7 +195,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         settings, log = dataclasses.replace(settings, progress=False), _quiet
     with open_run(out=settings.out, resume=settings.resume, settings=settings.record(), fixed=RESUME_FIXED,
                   fallback=settings.resume_fallback, script=SCRIPT, writer=process == 0) as run:
-        config, vocab, init_weights = _model_plan(settings, run)
+        config, tokenizer, init_weights = _model_plan(settings, run, log)
         if run.resume is not None and run.resume.step >= settings.steps:
             log(f"{run.path} is already complete: {run.resume.checkpoint.name} is step {run.resume.step} of "
                 f"--steps={settings.steps}; nothing to do")
@@ -200,13 +204,12 @@ def train(settings: TrainSettings, log=print) -> dict:
         if settings.seq_len > max_position:
             raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
                              f"{max_position}; allowed: 5..{max_position}")
-        data = load_data(settings, vocab)
+        data = load_data(settings, tokenizer)
         if config is None:
             config = BertConfig.preset(settings.config, vocab_size=data.tokenizer.vocab_size,
-                                       hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
-        if config.vocab_size != data.tokenizer.vocab_size:
-            raise ValueError(f"the model's vocab_size={config.vocab_size} does not match the tokenizer's "
-                             f"{data.tokenizer.vocab_size} tokens")
+                                       pad_token_id=data.tokenizer.pad_id, hidden_dropout=settings.dropout,
+                                       attention_dropout=settings.dropout)
+        check_tokenizer_fits(config, data.tokenizer)
         if run.resume is not None and run.resume.saved.get("corpus_fingerprint") not in (None, data.fingerprint):
             raise ckpt.CheckpointError(f"cannot resume {run.path}: the corpus changed since the run started "
                                        "(its text differs), so the data order cannot be replayed")

@@ -18,7 +18,7 @@ import backends
 from minibert import checkpoint as ckpt
 from minibert.config import BertConfig
 from minibert.optim import AdamWConfig
-from minibert.tokenizer import SPECIAL_TOKENS
+from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS
 
 DTYPES = ("float32", "float64")
 LR_SCHEDULES = ("linear", "one-cycle")

@@ -6,40 +6,60 @@ columns it was fine-tuned with).
 
     python scripts/evaluate.py runs/20261127-120000 [--backend jax] [--json out.json]
     python scripts/evaluate.py runs/ft-20261129-120000 --eval test.tsv
+    python scripts/evaluate.py path/to/bert-base-uncased [--corpus FILES...] [--seq-len 128]
+
+A transformers masked LM (BertForMaskedLM, BertForPreTraining) is evaluated the same way, with its own tokenizer,
+on the held-out split of --corpus (default: the embedded corpus).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-from minibert.checkpoint import run_model_config
 from minibert.fileio import atomic_write_json
-from minibert.inference import load_run
+from minibert.inference import is_run_dir, load_run, model_config
 from minibert.pretrain import evaluate, load_data
-from minibert.settings import resume_settings
+from minibert.settings import TrainSettings, resume_settings
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a directory written by scripts/train.py or scripts/finetune.py")
+    p.add_argument("run_dir", help="a directory written by scripts/train.py or scripts/finetune.py, or a "
+                   "transformers BERT masked-LM folder")
     p.add_argument("--eval", metavar="FILE", help="fine-tuned run: the labelled file to evaluate on (default: the "
                    "run's own held-out examples)")
     p.add_argument("--backend", help="array backend (default: $MINIBERT_BACKEND, else numpy)")
     p.add_argument("--eval-batches", type=int, default=0, help="held-out batches to use (default 0 = all)")
     p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    p.add_argument("--corpus", nargs="+", metavar="FILE", help="transformers folder: text files to take the "
+                   "held-out split from (default: the embedded corpus); a run uses its own corpus")
+    p.add_argument("--seq-len", type=int, default=128, help="transformers folder: sequence length (default 128)")
     args = p.parse_args(argv)
     if args.eval_batches < 0:
         p.error(f"--eval-batches must be >= 0 (0 = all), got {args.eval_batches}")
     try:
-        if run_model_config(args.run_dir).task != "mlm":
+        run = is_run_dir(args.run_dir)
+        if model_config(args.run_dir).task != "mlm":
+            if not run:
+                raise ValueError(f"{args.run_dir} is a transformers classifier; evaluate.py evaluates fine-tuned "
+                                 "runs (its columns and label map come from the run): fine-tune from it with "
+                                 "scripts/finetune.py --init-from, or use predict.py on texts")
             return _evaluate_classifier(args)
         if args.eval is not None:
-            raise ValueError(f"--eval applies to fine-tuned runs; {args.run_dir} is a masked-LM run (evaluated "
-                             "on its corpus's held-out split)")
+            raise ValueError(f"--eval applies to fine-tuned runs; {args.run_dir} is a masked LM (evaluated "
+                             "on a corpus's held-out split)")
+        if run and args.corpus:
+            raise ValueError(f"--corpus applies to transformers folders; the run {args.run_dir} is evaluated on "
+                             "its own corpus")
         config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
-        settings = resume_settings(args.run_dir, backend=backend.name)
-        data = load_data(settings, Path(args.run_dir) / "vocab.txt")
+        if run:
+            settings = resume_settings(args.run_dir, backend=backend.name)
+        else:
+            settings = TrainSettings(corpus=tuple(args.corpus or ()), seq_len=args.seq_len, backend=backend.name)
+            settings.validate()
+            if settings.seq_len > config.max_position:
+                raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
+                                 f"{config.max_position}")
+        data = load_data(settings, tokenizer)
         metrics = evaluate(params, data, config, backend, args.eval_batches)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

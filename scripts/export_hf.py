@@ -4,8 +4,9 @@
 
     python scripts/export_hf.py runs/my-run exported/my-bert [--verify]
 
-Reads the run's newest verified checkpoint (minibert.checkpoint.load_latest_params) and its vocab.txt, and
-writes config.json, model.safetensors and the tokenizer files, so that
+Reads the run's newest verified checkpoint (minibert.checkpoint.load_latest_params) and its tokenizer (vocab.txt,
+and tokenizer_config.json for a run started from a downloaded BERT: its special ids, casing and options are
+kept), and writes config.json, model.safetensors and the tokenizer files, so that
 `transformers.pipeline("fill-mask" / "text-classification" / "token-classification", model="exported/my-bert")`
 works offline. --verify loads the export back
 with transformers (needs `pip install -e '.[interop]'`) and checks its logits against Mini-BERT's own.
@@ -13,7 +14,6 @@ with transformers (needs `pip install -e '.[interop]'`) and checks its logits ag
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -72,14 +72,16 @@ def main(argv=None) -> int:
 
     from minibert.checkpoint import load_latest_params
 
+    from minibert.tokenizer import load_tokenizer
+
     try:
         config, params = load_latest_params(args.run_dir)
         vocab = None
         if not args.no_vocab:
-            vocab = os.path.join(args.run_dir, "vocab.txt")
-            if not os.path.isfile(vocab):
-                raise FileNotFoundError(f"{vocab} not found (pass --no-vocab to export the weights without a "
-                                        "tokenizer)")
+            try:
+                vocab = load_tokenizer(args.run_dir)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{exc} (pass --no-vocab to export the weights without a tokenizer)") from None
         to_transformers(params, config, args.out_dir, vocab=vocab)
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
         # a missing or corrupt run, params that do not fit, an out_dir that cannot be written or that another
@@ -87,7 +89,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out_dir}: {config.num_layers} layers, hidden {config.hidden_size}, "
-          f"vocab {config.vocab_size}" + ("" if vocab else " (no tokenizer)"))
+          f"vocab {config.vocab_size}" + (" (no tokenizer)" if vocab is None else
+                                          f", {'lower-cased' if vocab.do_lower_case else 'cased'} tokenizer"))
     if args.verify:
         err, close = verify(args.out_dir, config, params)
         print(f"transformers loads it with no missing/unexpected keys; max |logit difference| = {err:.3g}")

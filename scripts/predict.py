@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Use a trained run on a text: a pretrained (masked-LM) run fills in its [MASK] tokens (top-k tokens with their
-probabilities); a fine-tuned run prints its label with the probabilities (token task: a tag per word).
+"""Use a trained run, or a transformers BERT folder as downloaded, on a text: a masked LM (a pretrained run,
+BertForMaskedLM, BertForPreTraining) fills in its [MASK] tokens (top-k tokens with their probabilities); a
+classifier (a fine-tuned run, BertForSequenceClassification / BertForTokenClassification) prints its label with
+the probabilities (token task: a tag per word). The text is tokenized with the model's own tokenizer.
 
     python scripts/predict.py runs/20261127-120000 "the [MASK] function returns a list" [--top-k 5]
+    python scripts/predict.py path/to/bert-base-uncased "paris is the [MASK] of france."
     python scripts/predict.py runs/ft-20261129-120000 "Return the current event loop."
     python scripts/predict.py runs/ft-pairs "first text" --text-pair "second text"
 """
@@ -11,13 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minibert.checkpoint import run_model_config
-from minibert.inference import fill_mask, load_run
+from minibert.inference import fill_mask, load_run, model_config
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a directory written by scripts/train.py or scripts/finetune.py")
+    p.add_argument("run_dir", help="a directory written by scripts/train.py or scripts/finetune.py, or a "
+                   "transformers BERT folder (config.json, model.safetensors, vocab.txt or tokenizer.json)")
     p.add_argument("text", help="text with one or more [MASK] tokens (pretrained run), or a text to classify")
     p.add_argument("--text-pair", help="the second text, for a run fine-tuned on sentence pairs")
     p.add_argument("--top-k", type=int, default=5, help="fills to show per [MASK] (default 5)")
@@ -26,7 +29,7 @@ def main(argv=None) -> int:
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
     try:
-        if run_model_config(args.run_dir).task != "mlm":
+        if model_config(args.run_dir).task != "mlm":
             return _classify(args)
         config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
         fills = fill_mask(args.text, config, params, tokenizer, backend, args.top_k)
@@ -44,7 +47,7 @@ def _classify(args) -> int:
     from minibert.inference import load_classifier_run, predict_text
 
     settings, config, params, tokenizer, backend, max_len = load_classifier_run(args.run_dir, args.backend)
-    if (settings.text_pair_column is None) != (args.text_pair is None):
+    if settings is not None and (settings.text_pair_column is None) != (args.text_pair is None):
         raise ValueError(f"{args.run_dir} was fine-tuned on sentence pairs (column {settings.text_pair_column!r}): "
                          "pass the second text with --text-pair" if args.text_pair is None else
                          f"{args.run_dir} was fine-tuned on single texts: --text-pair does not apply")

@@ -9,7 +9,14 @@ import pytest
 from minibert import corpus, data, tokenizer
 from minibert.corpus import load_corpus_files, load_default_corpus
 from minibert.data import IGNORE_LABEL, MLMBatcher, build_datasets, mask_tokens, pack_sequences
-from minibert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
+from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
+
+IDS = dict(cls_id=2, sep_id=3, pad_id=0)      # Mini-BERT's layout, for packing plain token lists
+
+
+def masking(tok):
+    """The masking ids of a tokenizer (mask_tokens and MLMBatcher take them from the vocabulary)."""
+    return dict(special_ids=tok.special_ids, mask_id=tok.mask_id)
 
 VOCAB_SIZE = 1000
 SUBSET_DOCS = 3000  # of the default corpus, enough for a 1000-token vocabulary and the statistics below
@@ -176,12 +183,12 @@ def test_packing_layout(subset, tok, packed):
 
 def test_packing_is_seeded():
     docs = [list(range(10, 60)), list(range(60, 200))]
-    same = pack_sequences(docs, 16, seed=3)
-    assert all(np.array_equal(same[k], pack_sequences(docs, 16, seed=3)[k]) for k in same)
-    assert not np.array_equal(same["token_type_ids"], pack_sequences(docs, 16, seed=4)["token_type_ids"])
-    assert pack_sequences([[7]], 16, seed=0)["input_ids"].shape == (0, 16)
+    same = pack_sequences(docs, 16, seed=3, **IDS)
+    assert all(np.array_equal(same[k], pack_sequences(docs, 16, seed=3, **IDS)[k]) for k in same)
+    assert not np.array_equal(same["token_type_ids"], pack_sequences(docs, 16, seed=4, **IDS)["token_type_ids"])
+    assert pack_sequences([[7]], 16, seed=0, **IDS)["input_ids"].shape == (0, 16)
     with pytest.raises(ValueError, match="seq_len"):
-        pack_sequences(docs, 4, seed=0)
+        pack_sequences(docs, 4, seed=0, **IDS)
 
 
 # --- masking and batching -------------------------------------------------------------------------------
@@ -189,7 +196,7 @@ def test_packing_is_seeded():
 @pytest.mark.parametrize("rate", [None, 0.4])     # None: the default, BERT's 15%
 def test_masking_statistics(packed, tok, rate):
     ids = packed["input_ids"]
-    masked, labels = mask_tokens(ids, np.random.default_rng(0), tok.vocab_size,
+    masked, labels = mask_tokens(ids, np.random.default_rng(0), tok.vocab_size, **masking(tok),
                                  **({} if rate is None else {"mask_prob": rate}))
     assert masked.dtype == labels.dtype == np.int32
     special = np.isin(ids, tok.special_ids)
@@ -207,24 +214,24 @@ def test_masking_statistics(packed, tok, rate):
 
 
 def test_batches_shapes_dtypes_and_epochs(packed, tok):
-    batcher = MLMBatcher(packed, batch_size=32, vocab_size=tok.vocab_size, seed=1)
+    batcher = MLMBatcher(packed, batch_size=32, vocab_size=tok.vocab_size, **masking(tok), seed=1)
     assert batcher.num_sequences == len(packed["input_ids"])
     assert batcher.batches_per_epoch == batcher.num_sequences // 32
     batch = next(batcher)
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
     assert all(array.shape == (32, 64) and array.dtype == np.int32 for array in batch.values())
     assert not np.array_equal(batcher.batch(0, 0)["token_type_ids"], batcher.batch(1, 0)["token_type_ids"])
-    in_order = MLMBatcher(packed, batch_size=32, vocab_size=tok.vocab_size, seed=1, shuffle=False)
+    in_order = MLMBatcher(packed, batch_size=32, vocab_size=tok.vocab_size, **masking(tok), seed=1, shuffle=False)
     assert np.array_equal(in_order.batch(0, 0)["token_type_ids"], packed["token_type_ids"][:32])
     assert not np.array_equal(in_order.batch(0, 0)["labels"], in_order.batch(1, 0)["labels"])  # remasked
-    remainder = MLMBatcher(packed, batch_size=32, vocab_size=tok.vocab_size, seed=1, drop_last=False)
+    remainder = MLMBatcher(packed, batch_size=32, vocab_size=tok.vocab_size, **masking(tok), seed=1, drop_last=False)
     last = remainder.batch(0, remainder.batches_per_epoch - 1)
     assert len(last["input_ids"]) == (batcher.num_sequences - 1) % 32 + 1
 
 
 def test_batcher_resume_is_exact(packed, tok):
     def make():
-        return MLMBatcher(packed, batch_size=16, vocab_size=tok.vocab_size, seed=7)
+        return MLMBatcher(packed, batch_size=16, vocab_size=tok.vocab_size, **masking(tok), seed=7)
 
     original = make()
     for _ in range(original.batches_per_epoch + 3):  # into the second epoch
@@ -238,21 +245,22 @@ def test_batcher_resume_is_exact(packed, tok):
         expected, got = next(original), next(resumed)
         assert all(np.array_equal(expected[k], got[k]) for k in expected)
     with pytest.raises(ValueError, match="seed"):
-        MLMBatcher(packed, batch_size=16, vocab_size=tok.vocab_size, seed=8).load_state_dict(state)
+        MLMBatcher(packed, batch_size=16, vocab_size=tok.vocab_size, **masking(tok), seed=8).load_state_dict(state)
 
 
 @pytest.mark.parametrize("rate", [0.0, 1.0, -0.2, float("nan")])
 def test_mask_rate_outside_0_1_is_refused(packed, tok, rate):
     with pytest.raises(ValueError, match=r"mask_prob must be in \(0, 1\)"):
-        mask_tokens(packed["input_ids"][:2], np.random.default_rng(0), tok.vocab_size, mask_prob=rate)
+        mask_tokens(packed["input_ids"][:2], np.random.default_rng(0), tok.vocab_size, mask_prob=rate,
+                    **masking(tok))
     with pytest.raises(ValueError, match=r"mask_prob must be in \(0, 1\), the share of tokens to predict"):
-        MLMBatcher(packed, batch_size=8, vocab_size=tok.vocab_size, seed=0, mask_prob=rate)
+        MLMBatcher(packed, batch_size=8, vocab_size=tok.vocab_size, **masking(tok), seed=0, mask_prob=rate)
 
 
 def test_too_few_sequences(packed, tok):
     few = {name: array[:5] for name, array in packed.items()}
     with pytest.raises(ValueError, match=r"only 5 sequences.*batch_size=8"):
-        MLMBatcher(few, batch_size=8, vocab_size=tok.vocab_size, seed=0)
+        MLMBatcher(few, batch_size=8, vocab_size=tok.vocab_size, **masking(tok), seed=0)
 
 
 def test_host_pipeline_imports_no_accelerator_library():

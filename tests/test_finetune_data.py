@@ -10,7 +10,7 @@ from minibert.finetune_data import (DataFileError, SequenceExample, TokenExample
                                     load_sequence_task, load_token_task, read_sequence_file, read_token_file)
 from minibert.finetune_encode import (FinetuneBatcher, encode_sequence_examples, encode_texts,
                                       encode_token_examples, encode_words, pad_batch)
-from minibert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer
 
 WORDS = ["the", "cat", "sat", "on", "mat", "un", "##believ", "##able", "dog", ".", ",", "a", "b", "c", "d", "e"]
 

@@ -21,7 +21,7 @@ from minibert import BertConfig, loss_and_grads, mlm_logits, param_shapes  # noq
 from minibert.hf import (config_from_transformers, from_transformers, params_from_state_dict,  # noqa: E402
                          params_to_state_dict, to_transformers, transformers_shapes)
 from minibert.params import init_host_params  # noqa: E402
-from minibert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
+from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
 from support import ROOT, assert_tree_close, backend_or_skip  # noqa: E402
 
 transformers.logging.set_verbosity_error()

@@ -11,7 +11,7 @@ import pytest
 from minibert import pretrain
 from minibert.optim import learning_rate
 from minibert.settings import TrainSettings, resume_settings
-from minibert.config import IGNORE_LABEL, MASK_ID, SPECIAL_IDS, BertConfig
+from minibert.config import IGNORE_LABEL, BertConfig
 
 
 def _schedule(settings: TrainSettings) -> np.ndarray:
@@ -69,18 +69,18 @@ def test_training_masks_at_mask_rate_while_heldout_masks_15_percent_whatever_the
     assert base.heldout.batch_size == other.heldout.batch_size
     np.testing.assert_array_equal(_heldout_labels(base), _heldout_labels(other))
     heldout = [base.heldout.batch(0, i) for i in range(base.heldout.batches_per_epoch)]
-    assert abs(_picked_share(heldout) - 0.15) < 0.02
+    assert abs(_picked_share(heldout, base.tokenizer) - 0.15) < 0.02
     # training: the asked rate
     assert base.train.mask_prob == 0.15 and other.train.mask_prob == 0.4
     for data, rate in ((base, 0.15), (other, 0.4)):
-        assert abs(_picked_share([next(data.train) for _ in range(3)]) - rate) < 0.03
+        assert abs(_picked_share([next(data.train) for _ in range(3)], data.tokenizer) - rate) < 0.03
 
 
-def _picked_share(batches) -> float:
+def _picked_share(batches, tokenizer) -> float:
     """Labelled tokens / the tokens that could be masked (not special before masking: a [MASK] was a word)."""
     labels = np.concatenate([b["labels"] for b in batches])
     ids = np.concatenate([b["input_ids"] for b in batches])
-    return float((labels != IGNORE_LABEL).sum() / ((~np.isin(ids, SPECIAL_IDS)) | (ids == MASK_ID)).sum())
+    return float((labels != IGNORE_LABEL).sum() / ((~np.isin(ids, tokenizer.special_ids)) | (ids == tokenizer.mask_id)).sum())
 
 
 def test_a_run_saved_before_the_recipe_flags_resumes_with_the_rate_and_schedule_it_was_trained_with(tmp_path):
