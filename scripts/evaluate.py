@@ -54,7 +54,8 @@ def main(argv=None) -> int:
         if run:
             settings = resume_settings(args.run_dir, backend=backend.name)
         else:
-            settings = TrainSettings(corpus=tuple(args.corpus or ()), seq_len=args.seq_len, backend=backend.name)
+            settings = TrainSettings(corpus=tuple(args.corpus or ()), seq_len=args.seq_len, batch_size=1,
+                                     backend=backend.name)     # batch_size: training batches are not drawn
             settings.validate()
             if settings.seq_len > config.max_position:
                 raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="

@@ -193,3 +193,13 @@ def latest_tensors(run_dir) -> dict:
     from minibert import checkpoint
 
     return load_file(str(checkpoint.latest_checkpoint(run_dir)[0]))
+
+
+def load_script(name: str):
+    """scripts/`name`.py imported as a module (to call its main() in this process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

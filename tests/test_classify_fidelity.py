@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch", reason="the transformers fidelity tests nee
 transformers = pytest.importorskip(
     "transformers", reason="the transformers fidelity tests need transformers: pip install -e '.[interop]'")
 
-from support import assert_tree_close, backend_or_skip  # noqa: E402
+from support import assert_tree_close, backend_or_skip, load_script  # noqa: E402
 from minibert import BertConfig, classify_logits, classify_loss_and_grads, param_shapes  # noqa: E402
 from minibert.hf import (config_from_transformers, encoder_from_transformers, from_transformers,  # noqa: E402
                          params_from_state_dict, params_to_state_dict, to_transformers, transformers_shapes)
@@ -187,13 +187,16 @@ def test_minibert_classifier_export_has_transformers_logits(backend, tmp_path, c
     np.testing.assert_allclose(ours, ref, rtol=LOGITS_TOL, atol=LOGITS_TOL)
 
 
-def test_reads_a_classifier_folder_with_only_pytorch_model_bin_and_without_architectures(tmp_path):
+def test_reads_a_classifier_folder_converted_from_pytorch_model_bin_and_without_architectures(tmp_path):
     model, _, _ = classify_model("sequence-3")
     _, expected = from_transformers(model)
     (tmp_path / "bin").mkdir()
     fields = dict(json.loads(model.config.to_json_string()), architectures=["BertForSequenceClassification"])
     (tmp_path / "bin" / "config.json").write_text(json.dumps(fields))
     torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="convert_bin.py"):
+        from_transformers(tmp_path / "bin")
+    assert load_script("convert_bin").main([str(tmp_path / "bin")]) == 0
     config, params = from_transformers(tmp_path / "bin")
     assert config.task == "sequence" and config.id2label == {0: "neg", 1: "neu", 2: "pos"}
     for name in expected:

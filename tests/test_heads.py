@@ -338,9 +338,19 @@ def test_init_classifier_from_a_pretrained_mlm_keeps_the_encoder_and_draws_the_h
     np.testing.assert_array_equal(params["pooler.dense.weight"], with_pooler["pooler.dense.weight"])
     with pytest.raises(ValueError, match=r"encoder_params lacks layers\.1\.ffn\.in\.bias"):
         init_classifier_from({k: v for k, v in pretrained.items() if k != "layers.1.ffn.in.bias"}, config)
-    other = dict(with_pooler, **{"classifier.weight": np.zeros((12, 5), np.float32)})
-    with pytest.raises(ValueError, match=r"classifier\.weight has shape \(12, 5\), this config needs \(12, 3\)"):
-        init_classifier_from(other, config)
+    # a classifier of the same label count is kept; another label count is drawn fresh (ignore_mismatched_sizes)
+    same = dict(with_pooler, **{"classifier.weight": np.full((12, 3), 0.125, np.float32),
+                                "classifier.bias": np.full(3, 0.5, np.float32)})
+    params, fresh = init_classifier_from(same, config, seed=4)
+    assert fresh == []
+    np.testing.assert_array_equal(params["classifier.weight"], same["classifier.weight"])
+    other = dict(with_pooler, **{"classifier.weight": np.zeros((12, 5), np.float32),
+                                 "classifier.bias": np.zeros(5, np.float32)})
+    params, fresh = init_classifier_from(other, config, seed=4)
+    assert fresh == ["classifier.weight", "classifier.bias"]
+    np.testing.assert_array_equal(params["classifier.weight"], drawn["classifier.weight"])
+    with pytest.raises(ValueError, match=r"layers\.0\.ffn\.in\.weight has shape \(12, 5\), this config needs"):
+        init_classifier_from(dict(pretrained, **{"layers.0.ffn.in.weight": np.zeros((12, 5), np.float32)}), config)
     with pytest.raises(ValueError, match="needs a classification config"):
         init_classifier_from(pretrained, mlm_config)
 

@@ -22,7 +22,7 @@ from minibert.hf import (config_from_transformers, from_transformers, params_fro
                          params_to_state_dict, to_transformers, transformers_shapes)
 from minibert.params import init_host_params  # noqa: E402
 from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
-from support import ROOT, assert_tree_close, backend_or_skip  # noqa: E402
+from support import assert_tree_close, backend_or_skip, load_script  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 if hasattr(transformers.utils.logging, "disable_progress_bar"):
@@ -330,10 +330,13 @@ def test_reads_sharded_safetensors_bin_and_half_precision(tmp_path):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     _, params = from_transformers(tmp_path / "sharded")
     assert_tree_close(params, expected, rtol=0, atol=0)
-    # only pytorch_model.bin: read through transformers' own (weights-only) loader
+    # only pytorch_model.bin: refused (never unpickled here) with the command that converts it; after it, exact
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text(model.config.to_json_string())
     torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"pytorch_model.bin, a pickle.*\n    python scripts/convert_bin.py "):
+        from_transformers(tmp_path / "bin")
+    assert load_script("convert_bin").main([str(tmp_path / "bin")]) == 0
     _, params = from_transformers(tmp_path / "bin")
     assert_tree_close(params, expected, rtol=0, atol=0)
     # bfloat16 (which NumPy lacks) and float16 checkpoints widen exactly to float32
@@ -448,11 +451,7 @@ def test_export_script_writes_a_loadable_folder_from_a_run(tmp_path, capsys):
     checkpoint = pytest.importorskip("minibert.checkpoint", reason="minibert.checkpoint (run directories) missing")
     if not hasattr(checkpoint, "save_checkpoint"):
         pytest.skip("minibert.checkpoint has no save_checkpoint yet")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_hf", ROOT / "scripts" / "export_hf.py")
-    export_hf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export_hf)
+    export_hf = load_script("export_hf")
 
     tokens = list(SPECIAL_TOKENS) + ["the", "cat", "sat", "on", "mat", "##s"]
     config = BertConfig(vocab_size=len(tokens), hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24,
