@@ -23,7 +23,7 @@ from minibert.batch import check_batch, check_params
 from minibert.config import BertConfig
 from minibert.corpus import load_corpus_files
 from minibert.params import init_host_params, init_params
-from minibert.tokenizer import WordPieceTokenizer, train_wordpiece
+from minibert.tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece
 from minibert.settings import TrainSettings
 from support import TINY_RUN, backend_or_skip, finish, random_batch, start_script
 
@@ -241,8 +241,32 @@ def test_tokenizer_boundaries(tmp_path):
         train_wordpiece(["some text"], 3, cache_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no-vocab.txt"):
         WordPieceTokenizer.from_vocab(str(tmp_path / "no-vocab.txt"))
-    with pytest.raises(ValueError, match=r"a vocabulary must start with \['\[PAD\]'"):
+    with pytest.raises(ValueError, match=r"lacks the special token\(s\) unk_token='\[UNK\]', sep_token='\[SEP\]'"):
         WordPieceTokenizer(["a", "b", "c", "d", "e", "f"])
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    with pytest.raises(ValueError, match=r"lacks the special token\(s\) mask_token='<mask>'"):
+        WordPieceTokenizer(specials + ["a"], special_tokens={"mask_token": "<mask>"})
+    with pytest.raises(ValueError, match=r"unknown special token role\(s\) \['bos_token'\]"):
+        WordPieceTokenizer(specials, special_tokens={"bos_token": "<s>"})
+    with pytest.raises(ValueError, match="repeats the token 'a'"):
+        WordPieceTokenizer(specials + ["a", "b", "a"])
+    with pytest.raises(ValueError, match="do_lower_case must be true or false, got 'yes'"):
+        WordPieceTokenizer(specials, do_lower_case="yes")
+    with pytest.raises(ValueError, match="strip_accents must be true, false or null"):
+        WordPieceTokenizer(specials, strip_accents=1)
+    # a folder's tokenizer files that do not fit: named by the folder
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "vocab.txt").write_text("".join(t + "\n" for t in specials), encoding="utf-8")
+    (tmp_path / "bad" / "tokenizer_config.json").write_text('{"do_lower_case": "no"}')
+    with pytest.raises(ValueError, match=r"bad: do_lower_case must be true or false"):
+        load_tokenizer(tmp_path / "bad")
+    (tmp_path / "bad" / "tokenizer_config.json").write_text('[1, 2]')
+    with pytest.raises(ValueError, match=r"tokenizer_config.json must hold a JSON object"):
+        load_tokenizer(tmp_path / "bad")
+    (tmp_path / "bad" / "tokenizer_config.json").unlink()
+    (tmp_path / "bad" / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {}}}')
+    with pytest.raises(ValueError, match=r"tokenizer.json: the tokenizer model is 'BPE'"):
+        load_tokenizer(tmp_path / "bad")
 
 
 def test_corpus_boundaries(tmp_path):
