@@ -37,21 +37,12 @@ from minibert.params import head_shapes, init_host_params, param_shapes
 from minibert.tokenizer import WordPieceTokenizer, load_tokenizer
 
 __all__ = ["from_transformers", "to_transformers", "config_from_transformers", "config_to_transformers",
-           "encoder_from_transformers", "masked_lm_from_transformers", "load_tokenizer", "params_from_state_dict", "params_to_state_dict", "transformers_shapes",
-           "HF_TO_MINI_ACT", "TASK_OF_ARCHITECTURE"]
+           "encoder_from_transformers", "masked_lm_from_transformers", "checkpoint_config", "load_tokenizer",
+           "params_from_state_dict", "params_to_state_dict", "transformers_shapes", "HF_TO_MINI_ACT",
+           "TASK_OF_ARCHITECTURE", "ARCHITECTURE_OF_TASK"]
 
 INTEROP_HINT = "pip install -e '.[interop]'"
 CONVERT_HINT = "python scripts/convert_bin.py"
-
-
-def _need_transformers(what: str):
-    try:
-        import torch  # noqa: F401
-        import transformers
-    except ImportError as exc:
-        raise ImportError(f"{what} needs torch and transformers, which are not installed ({exc}); install them "
-                          f"with: {INTEROP_HINT}") from None
-    return transformers
 
 
 # --- safetensors files ------------------------------------------------------------------------------------------

@@ -50,9 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (default 0 = all)")
     p.add_argument("--save-every", type=int, help=f"write a checkpoint every N steps (default {d.save_every})")
     p.add_argument("--init-from", metavar="HF_DIR",
-                   help="start from a local transformers BERT checkpoint directory (config.json, "
-                        "model.safetensors, vocab.txt) instead of random weights; its architecture replaces "
-                        "--config, and --dropout applies")
+                   help="start from a transformers BERT folder as downloaded (config.json, model.safetensors or "
+                        "shards, vocab.txt or tokenizer.json; BertForMaskedLM, BertForPreTraining, or BertModel with "
+                        "a fresh MLM head) instead of random weights: its architecture and tokenizer replace "
+                        "--config and --vocab-size, and --dropout applies")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="skip steps with a non-finite loss or gradient (counted in metrics) instead of stopping")
     add_run_directory_flags(p, d)
