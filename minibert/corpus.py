@@ -103,12 +103,55 @@ def _clean_sourced_documents(sourced_texts: Iterable[tuple[str, str]]) -> list[t
     docs = []
     for source, text in sourced_texts:
         for paragraph in _BLANK_LINES.split(text.replace("\r\n", "\n")):
-            lines = [line for line in paragraph.split("\n") if not _UNDERLINE.match(line)]
-            doc = " ".join(" ".join(lines).split())
-            if doc and any(char.isalnum() for char in doc) and doc not in seen:
+            doc = _clean_paragraph(paragraph.split("\n"))
+            if doc and doc not in seen:
                 seen.add(doc)
                 docs.append((source, doc))
     return docs
+
+
+def _clean_paragraph(lines: list[str]) -> str:
+    """One paragraph's lines as a document: reST title rules dropped, whitespace collapsed; "" if it has no
+    letter or digit."""
+    doc = " ".join(" ".join(line for line in lines if not _UNDERLINE.match(line)).split())
+    return doc if any(char.isalnum() for char in doc) else ""
+
+
+def stream_documents(path: str, chunk_docs: int = 1 << 14) -> Iterator[list[str]]:
+    """The documents of one UTF-8 file, read a bounded number of lines at a time (never the whole file): lists of
+    documents, cleaned as `load_corpus_files` cleans them (paragraphs between blank lines), not yet deduplicated.
+    A file that is not UTF-8 is a ValueError naming it and the line."""
+    docs, paragraph = [], []
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"corpus file {path!r} is not UTF-8 text (line {number}: {err})") from None
+            line = line[:-1] if line.endswith("\n") else line
+            line = line[:-1] if line.endswith("\r") else line
+            if line.strip(" \t\r\f\v"):
+                paragraph.append(line)
+                continue
+            if paragraph:
+                doc = _clean_paragraph(paragraph)
+                if doc:
+                    docs.append(doc)
+                paragraph = []
+            if len(docs) >= chunk_docs:
+                yield docs
+                docs = []
+    if paragraph:
+        doc = _clean_paragraph(paragraph)
+        if doc:
+            docs.append(doc)
+    if docs:
+        yield docs
+
+
+def expand_corpus_paths(paths: list[str]) -> list[str]:
+    """Corpus paths and glob patterns as the files they name (an error for any that names none)."""
+    return _expand_paths(paths)
 
 
 def _default_texts() -> Iterator[str]:

@@ -24,28 +24,59 @@ def pack_sequences(token_docs: Sequence[Sequence[int]], seq_len: int, seed: int,
     shorter, and is dropped below 2 tokens); each chunk is split into non-empty A and B at a point drawn
     uniformly from `seed`. token_type_ids is 0 on `[CLS] A [SEP]` and padding, 1 on `B [SEP]`; attention_mask
     is 1 on every token but padding. Returns `input_ids`, `token_type_ids`, `attention_mask`, each [N, seq_len].
+    `PackedStream` builds the same rows on demand from a stream that need not fit in memory.
     """
-    if seq_len < 5:
-        raise ValueError(f"seq_len must be at least 5 ([CLS] a [SEP] b [SEP]), got {seq_len}")
     stream = np.fromiter(itertools.chain.from_iterable(token_docs), dtype=np.int32)
-    chunk_len = seq_len - 3
-    starts = np.arange(0, len(stream), chunk_len)
-    lengths = np.minimum(chunk_len, len(stream) - starts)
-    starts, lengths = starts[lengths >= 2], lengths[lengths >= 2]
-    len_a = np.random.default_rng(seed).integers(1, lengths)  # 1 .. length-1 per chunk
-    sep_a = 1 + len_a[:, None]  # column of the first [SEP]
-    sep_b = 2 + lengths[:, None]  # column of the second [SEP]
+    packed = PackedStream(stream, seq_len, seed, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id)
+    return packed.rows(np.arange(len(packed)))
 
-    column = np.arange(seq_len)[None, :]
-    offset = column - np.where(column < sep_a, 1, 2)  # stream offset of the token at each column
-    input_ids = stream[np.clip(starts[:, None] + offset, 0, len(stream) - 1)]
-    input_ids[:, 0] = cls_id
-    input_ids = np.where((column == sep_a) | (column == sep_b), sep_id, input_ids)
-    input_ids = np.where(column > sep_b, pad_id, input_ids)
-    token_type_ids = (column > sep_a) & (column <= sep_b)
-    attention_mask = column <= sep_b
-    return {"input_ids": input_ids.astype(np.int32), "token_type_ids": token_type_ids.astype(np.int32),
-            "attention_mask": attention_mask.astype(np.int32)}
+
+class PackedStream:
+    """The `pack_sequences` rows of a token stream, built on demand: `rows(indices)`, `len()`.
+
+    `stream` is any 1-D integer array with slicing and `take`: a NumPy array, or a memory-mapped
+    `minibert.prepared.TokenShards` that never loads the corpus. Only the split point of each chunk (drawn from
+    `seed` exactly as `pack_sequences` draws it) is kept in memory: 2 bytes a sequence.
+    """
+
+    def __init__(self, stream, seq_len: int, seed: int, *, cls_id: int, sep_id: int, pad_id: int):
+        if seq_len < 5:
+            raise ValueError(f"seq_len must be at least 5 ([CLS] a [SEP] b [SEP]), got {seq_len}")
+        self.stream, self.seq_len = stream, seq_len
+        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
+        self.chunk_len = seq_len - 3
+        total = len(stream)
+        count = -(-total // self.chunk_len)
+        if count and total - (count - 1) * self.chunk_len < 2:        # a last chunk of one token is dropped
+            count -= 1
+        self._count = count
+        lengths = np.full(count, self.chunk_len, dtype=np.int64)
+        if count:
+            lengths[-1] = min(self.chunk_len, total - (count - 1) * self.chunk_len)
+        self._last_len = int(lengths[-1]) if count else 0
+        self._len_a = np.random.default_rng(seed).integers(1, lengths).astype(np.uint16)  # 1 .. length-1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def rows(self, indices) -> dict[str, np.ndarray]:
+        """input_ids, token_type_ids, attention_mask [len(indices), seq_len] of the sequences `indices`."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = indices * self.chunk_len
+        lengths = np.where(indices == self._count - 1, self._last_len, self.chunk_len)
+        sep_a = 1 + self._len_a[indices].astype(np.int64)[:, None]   # column of the first [SEP]
+        sep_b = 2 + lengths[:, None]                                   # column of the second [SEP]
+        column = np.arange(self.seq_len)[None, :]
+        offset = column - np.where(column < sep_a, 1, 2)               # stream offset of the token at each column
+        positions = np.clip(starts[:, None] + offset, 0, len(self.stream) - 1)   # [N, seq_len]
+        input_ids = np.asarray(self.stream.take(positions), dtype=np.int32)
+        input_ids[:, 0] = self.cls_id
+        input_ids = np.where((column == sep_a) | (column == sep_b), self.sep_id, input_ids)
+        input_ids = np.where(column > sep_b, self.pad_id, input_ids)
+        token_type_ids = (column > sep_a) & (column <= sep_b)
+        attention_mask = column <= sep_b
+        return {"input_ids": input_ids.astype(np.int32), "token_type_ids": token_type_ids.astype(np.int32),
+                "attention_mask": attention_mask.astype(np.int32)}
 
 
 def mask_tokens(input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int, *,
@@ -151,12 +182,13 @@ class MLMBatcher(EpochBatcher):
     (seed, epoch, index) -- see `batch`. `drop_last` defaults to True (every batch has `batch_size` rows).
     """
 
-    def __init__(self, sequences: dict[str, np.ndarray], batch_size: int, vocab_size: int, seed: int, *,
+    def __init__(self, sequences, batch_size: int, vocab_size: int, seed: int, *,
                  shuffle: bool = True, drop_last: bool = True, mask_prob: float = MASK_PROB,
                  special_ids: Sequence[int], mask_id: int):
-        self.sequences = {name: np.asarray(sequences[name], dtype=np.int32)
-                          for name in ("input_ids", "attention_mask", "token_type_ids")}
-        num_sequences = len(self.sequences["input_ids"])
+        """`sequences`: packed rows, as arrays (a dict of input_ids, attention_mask, token_type_ids [N, T]) or
+        built on demand (a `PackedStream` over a memory-mapped corpus)."""
+        self.sequences = sequences if isinstance(sequences, PackedStream) else _PackedArrays(sequences)
+        num_sequences = len(self.sequences)
         if num_sequences < batch_size:
             raise ValueError(f"only {num_sequences} sequences, fewer than one batch of batch_size={batch_size}; "
                              f"use a bigger corpus, a shorter seq_len or a smaller batch")
@@ -170,13 +202,26 @@ class MLMBatcher(EpochBatcher):
 
     def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
         """Batch `index` of `epoch` (the same every time it is asked for)."""
-        rows = self.rows(epoch, index)
-        batch = {name: array[rows] for name, array in self.sequences.items()}
+        batch = self.sequences.rows(self.rows(epoch, index))
         rng = np.random.default_rng((self.seed, _MASK_STREAM, epoch, index))
         batch["input_ids"], batch["labels"] = mask_tokens(
             batch["input_ids"], rng, self.vocab_size, special_ids=self.special_ids, mask_id=self.mask_id,
             mask_prob=self.mask_prob)
         return batch
+
+
+class _PackedArrays:
+    """Packed rows held in memory, with the `rows` / `len` interface of `PackedStream`."""
+
+    def __init__(self, sequences: dict[str, np.ndarray]):
+        self.arrays = {name: np.asarray(sequences[name], dtype=np.int32)
+                       for name in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def __len__(self) -> int:
+        return len(self.arrays["input_ids"])
+
+    def rows(self, indices) -> dict[str, np.ndarray]:
+        return {name: array[indices] for name, array in self.arrays.items()}
 
 
 def build_datasets(train_docs: Sequence[str], heldout_docs: Sequence[str], tokenizer: WordPieceTokenizer, seq_len: int,

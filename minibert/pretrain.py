@@ -16,11 +16,12 @@ from minibert import checkpoint as ckpt
 from minibert.batch import check_batch, device_batches
 from minibert.config import IGNORE_LABEL, PRESETS, BertConfig
 from minibert.corpus import corpus_fingerprint, load_corpus_files, load_default_corpus
-from minibert.data import MLMBatcher, build_datasets
+from minibert.data import MLMBatcher, PackedStream, build_datasets
 from minibert.inference import evaluate_mlm
 from minibert.loop import LoopSettings, run_loop
 from minibert.model import forward_backward, label_count
 from minibert.params import init_host_params
+from minibert.prepared import PreparedDataError, open_prepared, prepared_for_corpus
 from minibert.rundir import open_run
 from minibert.settings import RESUME_FIXED, TrainSettings, get_backend
 from minibert.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer, train_wordpiece
@@ -50,9 +51,22 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def load_data(settings: TrainSettings, tokenizer: WordPieceTokenizer | None) -> Data:
-    """Corpus -> tokenizer (the given one: a run's or a checkpoint's own; None: trained and cached) -> packed,
-    masked batches (special ids and the never-masked set from the tokenizer)."""
+def load_data(settings: TrainSettings, tokenizer: WordPieceTokenizer | None, log=print) -> Data:
+    """Corpus -> tokenizer (the given one: a run's or a checkpoint's own; None: trained and cached, or the prepared
+    corpus's) -> packed, masked batches (special ids and the never-masked set from the tokenizer).
+
+    --data DIR streams a prepared corpus from its memory-mapped shards; --corpus FILES prepares them once into the
+    cache (`minibert.prepared.prepared_for_corpus`) and streams that, with the same documents, vocabulary and
+    sequences it always had; the embedded corpus (and a --corpus too small to prepare) is packed in memory."""
+    data_dir = settings.data
+    if settings.corpus:
+        try:
+            data_dir = prepared_for_corpus(list(settings.corpus), settings.vocab_size if tokenizer is None else None,
+                                           tokenizer, progress=settings.progress, log=log)
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"--corpus: {exc}") from None
+    if data_dir is not None:
+        return _streamed_data(settings, tokenizer, data_dir)
     if settings.corpus:
         try:
             train_docs, heldout_docs = load_corpus_files(list(settings.corpus))
@@ -64,31 +78,62 @@ def load_data(settings: TrainSettings, tokenizer: WordPieceTokenizer | None) -> 
         tokenizer = train_wordpiece(train_docs, settings.vocab_size)
     train_seqs, heldout_seqs = build_datasets(train_docs, heldout_docs, tokenizer, settings.seq_len, settings.seed,
                                               heldout_seed=EVAL_PACK_SEED)
-    corpus = (f"--corpus {' '.join(settings.corpus)}" if settings.corpus else "the embedded corpus")
-    num_train = len(train_seqs["input_ids"])
+    counts = np.bincount(train_seqs["input_ids"].reshape(-1), minlength=tokenizer.vocab_size)
+    return _batched(settings, tokenizer, train_seqs, heldout_seqs, counts, len(train_docs), len(heldout_docs),
+                    corpus_fingerprint(train_docs + heldout_docs))
+
+
+def _streamed_data(settings: TrainSettings, tokenizer: WordPieceTokenizer | None, data_dir) -> Data:
+    """`Data` over a prepared corpus: its tokenizer (or the given one, which must be the same), sequences packed
+    on demand from the memory-mapped shards."""
+    prepared = open_prepared(data_dir)
+    if tokenizer is not None and tokenizer.files() != prepared.tokenizer.files():
+        raise PreparedDataError(f"--data {data_dir} was tokenized with another tokenizer ({prepared.tokenizer.vocab_size} "
+                                f"tokens, {prepared.path / 'vocab.txt'}) than this run's ({tokenizer.vocab_size} "
+                                "tokens): prepare the corpus with --tokenizer set to the run or checkpoint")
+    tokenizer = prepared.tokenizer
+    ids = dict(cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)
+    train = PackedStream(prepared.train, settings.seq_len, settings.seed, **ids)
+    heldout = PackedStream(prepared.heldout, settings.seq_len, EVAL_PACK_SEED, **ids)
+    splits = prepared.manifest["splits"]
+    return _batched(settings, tokenizer, train, heldout, prepared.train_counts(), splits["train"]["documents"],
+                    splits["heldout"]["documents"], prepared.fingerprint)
+
+
+def _batched(settings: TrainSettings, tokenizer: WordPieceTokenizer, train_seqs, heldout_seqs, counts,
+             num_train_docs: int, num_heldout_docs: int, fingerprint: str) -> Data:
+    """Training and held-out batchers over packed sequences (arrays or a `PackedStream`), with the
+    most-frequent-token baseline from the training token `counts`."""
+    corpus = (f"--data {settings.data}" if settings.data else
+              f"--corpus {' '.join(settings.corpus)}" if settings.corpus else "the embedded corpus")
+    num_train, num_heldout = len(_rows(train_seqs)), len(_rows(heldout_seqs))
     if num_train < settings.batch_size:
         raise ValueError(f"{corpus} is too small for one batch: its training part "
-                         f"({_count(len(train_docs), 'paragraph')}) packs into {_count(num_train, 'sequence')} "
+                         f"({_count(num_train_docs, 'paragraph')}) packs into {_count(num_train, 'sequence')} "
                          f"of --seq-len={settings.seq_len}, fewer than --batch-size={settings.batch_size}; "
                          "add text, or lower --seq-len or --batch-size")
-    if len(heldout_seqs["input_ids"]) == 0:
-        raise ValueError(f"{corpus} is too small: its held-out part ({len(heldout_docs)} of "
-                         f"{_count(len(train_docs) + len(heldout_docs), 'paragraph')}) gives no sequence of "
+    if num_heldout == 0:
+        raise ValueError(f"{corpus} is too small: its held-out part ({num_heldout_docs} of "
+                         f"{_count(num_train_docs + num_heldout_docs, 'paragraph')}) gives no sequence of "
                          f"--seq-len={settings.seq_len}; add text (at least a few paragraphs separated by blank "
                          "lines) or use a shorter --seq-len")
     masking = dict(special_ids=tokenizer.special_ids, mask_id=tokenizer.mask_id)
     train = MLMBatcher(train_seqs, settings.batch_size, tokenizer.vocab_size, settings.seed,
                        mask_prob=settings.mask_rate, **masking)
-    eval_batch = min(EVAL_BATCH_SIZE, len(heldout_seqs["input_ids"]))
+    eval_batch = min(EVAL_BATCH_SIZE, num_heldout)
     heldout = MLMBatcher(heldout_seqs, eval_batch, tokenizer.vocab_size, EVAL_SEED, shuffle=False, drop_last=False,
                          mask_prob=EVAL_MASK_RATE, **masking)
-    counts = np.bincount(train_seqs["input_ids"].reshape(-1), minlength=tokenizer.vocab_size)
+    counts = np.array(counts, dtype=np.int64)
     counts[list(tokenizer.special_ids)] = 0
     baseline_token = int(np.argmax(counts))
     labels = np.concatenate([heldout.batch(0, i)["labels"].reshape(-1) for i in range(heldout.batches_per_epoch)])
     labels = labels[labels != IGNORE_LABEL]
-    return Data(tokenizer, train, heldout, baseline_token, float(np.mean(labels == baseline_token)),
-                corpus_fingerprint(train_docs + heldout_docs))
+    return Data(tokenizer, train, heldout, baseline_token, float(np.mean(labels == baseline_token)), fingerprint)
+
+
+def _rows(sequences):
+    """Something with len() = the number of packed sequences (a dict of arrays or a PackedStream)."""
+    return sequences["input_ids"] if isinstance(sequences, dict) else sequences
 
 
 def evaluate(params, data: Data, config: BertConfig, backend, max_batches: int = 0) -> dict:
@@ -203,7 +248,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         if settings.seq_len > max_position:
             raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
                              f"{max_position}; allowed: 5..{max_position}")
-        data = load_data(settings, tokenizer)
+        data = load_data(settings, tokenizer, log)
         if config is None:
             config = BertConfig.preset(settings.config, vocab_size=data.tokenizer.vocab_size,
                                        pad_token_id=data.tokenizer.pad_id, hidden_dropout=settings.dropout,

@@ -48,6 +48,7 @@ class TrainSettings:
     backend: str | None = None
     config: str = "tiny"
     corpus: tuple[str, ...] = ()
+    data: str | None = None         # a prepared corpus (scripts/prepare_data.py): memory-mapped, streamed
     vocab_size: int = 4096
     steps: int = 5600
     batch_size: int = 32
@@ -116,7 +117,9 @@ class TrainSettings:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.corpus, (tuple, list)) or not all(isinstance(c, str) and c for c in self.corpus):
             raise TypeError(f"--corpus must be a list of file paths or globs, got {self.corpus!r}")
-        for name in ("out", "resume", "init_from"):
+        if self.data is not None and self.corpus:
+            raise ValueError("--data and --corpus cannot be used together: --data is the corpus, prepared")
+        for name in ("out", "resume", "init_from", "data"):
             if getattr(self, name) is not None and not (isinstance(getattr(self, name), str) and getattr(self, name)):
                 raise TypeError(f"{flag(name)} must be a directory path, got {getattr(self, name)!r}")
         if self.resume and self.init_from:
@@ -180,7 +183,7 @@ LAUNCH = ("devices", "distributed", "coordinator", "num_processes", "process_id"
 
 
 # settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
-RESUME_FIXED = ("config", "corpus", "vocab_size", "batch_size", "seq_len", "accum_steps", "mask_rate", "lr",
+RESUME_FIXED = ("config", "corpus", "data", "vocab_size", "batch_size", "seq_len", "accum_steps", "mask_rate", "lr",
                 "lr_schedule", "warmup", "weight_decay", "clip_norm", "dropout", "seed", "dtype", "steps", "init_from")
 # settings added after runs were first saved: the value a saved run without them was trained with
 _BEFORE_FLAG = {"mask_rate": 0.15, "lr_schedule": "linear"}

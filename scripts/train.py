@@ -5,6 +5,7 @@
                                                              # the embedded corpus, about 6 minutes on 2 cores
     MINIBERT_BACKEND=jax python scripts/train.py --config mini --seq-len 128
     python scripts/train.py --resume runs/20261127-120000    # continue a stopped run exactly
+    python scripts/prepare_data.py --corpus big/*.txt --out data/big && python scripts/train.py --data data/big
     python scripts/train.py --backend jax --devices all      # data-parallel over every device of this machine
 """
 from __future__ import annotations
@@ -29,7 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: $MINIBERT_BACKEND, else numpy)")
     p.add_argument("--config", help=f"model size preset: {', '.join(PRESETS)} (default {d.config})")
     p.add_argument("--corpus", nargs="+", metavar="PATH",
-                   help="UTF-8 text files or globs to train on (default: the embedded corpus of Python's docs)")
+                   help="UTF-8 text files or globs to train on (default: the embedded corpus of Python's docs); "
+                   "tokenized once into a cache under $MINIBERT_CACHE/data and streamed from it")
+    p.add_argument("--data", metavar="DATA_DIR",
+                   help="a prepared corpus (scripts/prepare_data.py): memory-mapped token shards, streamed; its "
+                   "tokenizer is the run's")
     p.add_argument("--vocab-size", type=int, help=f"WordPiece vocabulary to train (default {d.vocab_size})")
     p.add_argument("--steps", type=int, help=f"optimizer updates (default {d.steps})")
     p.add_argument("--batch-size", type=int, help=f"sequences per micro-batch (default {d.batch_size})")
