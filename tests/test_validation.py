@@ -386,7 +386,7 @@ def cli(tmp_path_factory, script_env, corpus):
 
 CLI_CASES = {
     "missing corpus": r"error: --corpus: corpus file not found: '.*missing\.txt'",
-    "empty corpus": r"error: --corpus: empty corpus: the files \['.*empty\.txt'\] contain no text",
+    "empty corpus": r"error: --corpus: corpus file '.*empty\.txt' is empty: it holds no paragraph with a letter or digit",
     "corpus not UTF-8": r"error: --corpus: corpus file '.*latin1\.txt' is not UTF-8 text",
     "corpus is a directory": r"error: --corpus: corpus path '.*' is a directory",
     "corpus too small for one batch": r"error: --corpus .*small\.txt is too small for one batch: its training part "
