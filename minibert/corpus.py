@@ -117,36 +117,34 @@ def _clean_paragraph(lines: list[str]) -> str:
     return doc if any(char.isalnum() for char in doc) else ""
 
 
-def stream_documents(path: str, chunk_docs: int = 1 << 14) -> Iterator[list[str]]:
-    """The documents of one UTF-8 file, read a bounded number of lines at a time (never the whole file): lists of
-    documents, cleaned as `load_corpus_files` cleans them (paragraphs between blank lines), not yet deduplicated.
-    A file that is not UTF-8 is a ValueError naming it and the line."""
-    docs, paragraph = [], []
+def stream_documents(path: str, block_bytes: int = 1 << 22) -> Iterator[list[str]]:
+    """The documents of one UTF-8 file, read `block_bytes` at a time (never the whole file), as lists of
+    documents cleaned exactly as `load_corpus_files` cleans them (paragraphs between blank lines), not yet
+    deduplicated. A file that is not UTF-8 is a ValueError naming it and the line."""
+    pending, line = "", 1            # the text of a paragraph that may go on in the next block; its first line
     with open(path, "rb") as file:
-        for number, raw in enumerate(file, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"corpus file {path!r} is not UTF-8 text (line {number}: {err})") from None
-            line = line[:-1] if line.endswith("\n") else line
-            line = line[:-1] if line.endswith("\r") else line
-            if line.strip(" \t\r\f\v"):
-                paragraph.append(line)
+        carry, first = b"", True
+        while True:
+            block = file.read(block_bytes)
+            data = carry + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)     # whole lines only, until the end
+            whole, carry = data[:cut], data[cut:]
+            if not whole and block:
                 continue
-            if paragraph:
-                doc = _clean_paragraph(paragraph)
-                if doc:
-                    docs.append(doc)
-                paragraph = []
-            if len(docs) >= chunk_docs:
+            try:
+                text = whole.decode("utf-8-sig" if first else "utf-8")
+            except UnicodeDecodeError as err:
+                where = line + whole[:err.start].count(b"\n")
+                raise ValueError(f"corpus file {path!r} is not UTF-8 text (line {where}: {err})") from None
+            first = False
+            line += whole.count(b"\n")
+            paragraphs = _BLANK_LINES.split((pending + text).replace("\r\n", "\n"))
+            pending = paragraphs.pop() if block else ""
+            docs = [doc for doc in (_clean_paragraph(paragraph.split("\n")) for paragraph in paragraphs) if doc]
+            if docs:
                 yield docs
-                docs = []
-    if paragraph:
-        doc = _clean_paragraph(paragraph)
-        if doc:
-            docs.append(doc)
-    if docs:
-        yield docs
+            if not block:
+                return
 
 
 def expand_corpus_paths(paths: list[str]) -> list[str]:

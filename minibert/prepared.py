@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,11 +309,24 @@ def _write(files: list[str], folder: Path, vocab_size, tokenizer, progress: bool
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, mininterval=1.0)
     pending = {split: [] for split in SPLITS}
     pending_bytes, file_bytes, current = 0, 0, None
+    # tokenizing (Rust, in parallel, without the GIL) runs in a worker thread while this one reads and cleans the
+    # next batch of text; batches are written in order
+    worker = ThreadPoolExecutor(1, thread_name_prefix="minibert-tokenize")
+    in_flight = None
 
-    def flush():
-        for split, docs in pending.items():
-            writers[split].add(tokenizer.encode_batch(docs))
+    def flush(last: bool = False):
+        nonlocal in_flight
+        batch = {split: list(docs) for split, docs in pending.items()}
+        for docs in pending.values():
             docs.clear()
+        if in_flight is not None:
+            for split, ids in in_flight.result().items():
+                writers[split].add(ids)
+        in_flight = worker.submit(lambda: {split: tokenizer.encode_batch(docs) for split, docs in batch.items()})
+        if last:
+            for split, ids in in_flight.result().items():
+                writers[split].add(ids)
+            in_flight = None
 
     for path, doc, digest in _documents(files):
         if path != current:
@@ -330,7 +344,8 @@ def _write(files: list[str], folder: Path, vocab_size, tokenizer, progress: bool
         if pending_bytes >= ENCODE_BATCH_BYTES:
             flush()
             pending_bytes = 0
-    flush()
+    flush(last=True)
+    worker.shutdown()
     if bar is not None:
         bar.close()
     splits = {split: writer.close() for split, writer in writers.items()}
