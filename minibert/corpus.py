@@ -121,7 +121,7 @@ def stream_documents(path: str, block_bytes: int = 1 << 22) -> Iterator[list[str
     """The documents of one UTF-8 file, read `block_bytes` at a time (never the whole file), as lists of
     documents cleaned exactly as `load_corpus_files` cleans them (paragraphs between blank lines), not yet
     deduplicated. A file that is not UTF-8 is a ValueError naming it and the line."""
-    pending, line = "", 1            # the text of a paragraph that may go on in the next block; its first line
+    pieces, line = [], 1          # the text of a paragraph that may go on in the next block; the block's first line
     with open(path, "rb") as file:
         carry, first = b"", True
         while True:
@@ -138,8 +138,13 @@ def stream_documents(path: str, block_bytes: int = 1 << 22) -> Iterator[list[str
                 raise ValueError(f"corpus file {path!r} is not UTF-8 text (line {where}: {err})") from None
             first = False
             line += whole.count(b"\n")
-            paragraphs = _BLANK_LINES.split((pending + text).replace("\r\n", "\n"))
-            pending = paragraphs.pop() if block else ""
+            text = text.replace("\r\n", "\n")
+            # the pending text ends with a newline, where a blank-line separator may start: split "\n" + text
+            # (never the pending text again, so a long paragraph costs linear time)
+            paragraphs = _BLANK_LINES.split("\n" + text if pieces else text)
+            if pieces:
+                paragraphs[0] = "".join(pieces) + paragraphs[0][1:]
+            pieces = [paragraphs.pop()] if block else []
             docs = [doc for doc in (_clean_paragraph(paragraph.split("\n")) for paragraph in paragraphs) if doc]
             if docs:
                 yield docs

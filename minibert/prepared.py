@@ -38,7 +38,7 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "heldout")
 SAMPLE_BYTES = 64 << 20             # the WordPiece is trained on at most this much training text (the first of it)
 SHARD_TOKENS = 1 << 27              # tokens a shard holds at most (256 MB of uint16)
-ENCODE_BATCH_BYTES = 4 << 20        # text tokenized per encode_batch call
+ENCODE_BATCH_BYTES = 1 << 20        # text tokenized per encode_batch call (its Encodings take ~100x that)
 
 
 class PreparedDataError(ValueError):
