@@ -5,6 +5,7 @@ Every array is int32 with shape [N, seq_len] (packed sequences) or [B, T] (batch
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -29,6 +30,14 @@ def pack_sequences(token_docs: Sequence[Sequence[int]], seq_len: int, seed: int,
     stream = np.fromiter(itertools.chain.from_iterable(token_docs), dtype=np.int32)
     packed = PackedStream(stream, seq_len, seed, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id)
     return packed.rows(np.arange(len(packed)))
+
+
+@functools.lru_cache(maxsize=8)
+def _non_special_ids(vocab_size: int, special_ids: tuple[int, ...]) -> np.ndarray:
+    """The ids a random replacement is drawn from (computed once per vocabulary, not per batch)."""
+    ids = np.setdiff1d(np.arange(vocab_size), special_ids)
+    ids.flags.writeable = False
+    return ids
 
 
 class PackedStream:
@@ -96,7 +105,7 @@ def mask_tokens(input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int
     picked = rank < num_picked[:, None]
 
     action = rng.random(input_ids.shape)
-    non_special = np.setdiff1d(np.arange(vocab_size), special_ids)
+    non_special = _non_special_ids(vocab_size, tuple(special_ids))
     random_ids = non_special[rng.integers(0, len(non_special), input_ids.shape)]
     masked_ids = np.where(picked & (action < 0.8), mask_id, input_ids)
     masked_ids = np.where(picked & (action >= 0.8) & (action < 0.9), random_ids, masked_ids)
