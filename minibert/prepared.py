@@ -21,7 +21,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -388,13 +390,71 @@ def prepared_for_corpus(corpus: list[str], vocab_size: int | None = None, tokeni
         log(f"--corpus: using its prepared tokens in {out} (prepared before; same content)")
         return out
     log(f"--corpus: preparing {len(files)} file(s) into {out} (once; later runs reuse it)")
+    with tempfile.TemporaryDirectory() as scratch:
+        args = ["--corpus", *files, "--out", str(out)] + ([] if progress else ["--no-progress"])
+        if tokenizer is None:
+            args += ["--vocab-size", str(vocab_size)]
+        else:
+            for name, content in tokenizer.files().items():
+                (Path(scratch) / name).write_bytes(content)
+            args += ["--tokenizer", scratch]
+        code, message = _run_child(args)
+    if code == 0 or (out / MANIFEST).is_file():      # done, or another process prepared the same content meanwhile
+        return out
+    if "too small to prepare" in message:
+        return None
+    if code == 130:
+        raise KeyboardInterrupt
+    raise (OSError if code == 1 else ValueError)(message.removeprefix("error: "))
+
+
+def _run_child(args: list[str]) -> tuple[int, str]:
+    """`python -m minibert.prepared ARGS` in a child process, its stderr (progress bar, messages) passed through;
+    (exit status, its last "error:" line). A child, because the training process's allocator settings (the
+    NumPy backend keeps one malloc arena) halve the speed of the tokenizers' threads."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "minibert.prepared", *args], stderr=subprocess.PIPE, env=env)
+    tail = b""
+    for chunk in iter(lambda: os.read(proc.stderr.fileno(), 1 << 16), b""):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-4096:]
+    code = proc.wait()
+    errors = [line for line in tail.decode("utf-8", "replace").splitlines() if line.startswith("error: ")]
+    return code, errors[-1] if errors else f"preparing the corpus failed with exit status {code}"
+
+
+def main(argv=None) -> int:
+    """The command line of scripts/prepare_data.py (see its docstring for the exit statuses)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="prepare_data.py", description="Tokenize a corpus once into memory-mapped "
+                                "token shards for train.py --data DATA_DIR (see scripts/prepare_data.py).")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help="UTF-8 text files or globs")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="the prepared corpus to create")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--vocab-size", type=int, help="train a WordPiece of this many tokens")
+    group.add_argument("--tokenizer", metavar="RUN_OR_HF_DIR", help="use this run's or folder's tokenizer")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.vocab_size is not None and args.vocab_size <= 5:
+        p.error(f"--vocab-size must be an int > 5, got {args.vocab_size}")
     try:
-        return prepare_corpus(files, out, vocab_size=vocab_size, tokenizer=tokenizer, progress=progress, log=log)
-    except FileExistsError:
-        if (out / MANIFEST).is_file():          # another process prepared the same content meanwhile
-            return out
-        raise
-    except ValueError as exc:
-        if "too small to prepare" in str(exc):
-            return None
-        raise
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        prepare_corpus(args.corpus, args.out, vocab_size=args.vocab_size, tokenizer=tokenizer,
+                       progress=args.progress, log=lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc} (nothing written)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,39 +17,9 @@ written); 1 an I/O error while writing (a full disk: nothing left behind); 130 i
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from minibert.prepared import prepare_corpus
-from minibert.tokenizer import load_tokenizer
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help="UTF-8 text files or globs")
-    p.add_argument("--out", required=True, metavar="DATA_DIR", help="the prepared corpus to create")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--vocab-size", type=int, help="train a WordPiece of this many tokens")
-    group.add_argument("--tokenizer", metavar="RUN_OR_HF_DIR", help="use this run's or folder's tokenizer")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = p.parse_args(argv)
-    if args.vocab_size is not None and args.vocab_size <= 5:
-        p.error(f"--vocab-size must be an int > 5, got {args.vocab_size}")
-    try:
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        prepare_corpus(args.corpus, args.out, vocab_size=args.vocab_size, tokenizer=tokenizer,
-                       progress=args.progress)
-    except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc} (nothing written)", file=sys.stderr)
-        return 1
-    return 0
-
+from minibert.prepared import main
 
 if __name__ == "__main__":
     sys.exit(main())
