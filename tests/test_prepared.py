@@ -186,3 +186,16 @@ def test_data_from_another_tokenizer_than_init_from_is_refused(data_dir, tmp_pat
     err = capsys.readouterr().err
     assert "was tokenized with another tokenizer" in err and "--tokenizer" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 7, 64, 1 << 22])
+def test_streamed_documents_are_the_in_memory_documents_at_any_block_size(tmp_path, block_bytes):
+    from minibert.corpus import _clean_documents, _read_utf8, stream_documents
+
+    texts = ["a\n \n \nb\r\nc\r\n\r\nd\n=====\nTitle\n\n\n  \n  x  y \t z\n", "\ufefffirst\nsecond\n\nthird\r\r\n\n",
+             "no newline at end", "   \n\n\n", "p1 l1\np1 l2\n\np2\n\n\np3 long " * 50, "x\n  \n\ny\n \t \nz\n\n\n\nw"]
+    for i, text in enumerate(texts):
+        path = tmp_path / f"{i}.txt"
+        path.write_bytes(text.encode("utf-8"))
+        streamed = [doc for docs in stream_documents(str(path), block_bytes) for doc in docs]
+        assert list(dict.fromkeys(streamed)) == _clean_documents([_read_utf8(str(path))]), text
