@@ -7,7 +7,6 @@ moment leaves either the old file or the new one, never a partial file under a r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from minibert.config import BertConfig
-from minibert.fileio import atomic_write, atomic_write_bytes, json_bytes, os_error_from
+from minibert.fileio import atomic_write, atomic_write_bytes, json_bytes, os_error_from, sha256_file
 
 LATEST = "latest"
 RUN_CONFIG = "config.json"
@@ -28,14 +27,6 @@ _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupted or does not fit the run."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_name(step: int) -> str:
@@ -74,7 +65,7 @@ def save_checkpoint(run_dir, step: int, params: dict, state: dict, extra: dict, 
 
     atomic_write(path, write_tensors)
     try:
-        sidecar = {"file": path.name, "step": step, "size": path.stat().st_size, "sha256": _sha256(path), **extra}
+        sidecar = {"file": path.name, "step": step, "size": path.stat().st_size, "sha256": sha256_file(path), **extra}
         atomic_write_bytes(path.with_suffix(".json"), json_bytes(sidecar))
         atomic_write_bytes(run_dir / LATEST, (path.name + "\n").encode())
     except OSError:          # e.g. the disk filled up: `latest` still names the previous checkpoint; drop this one
@@ -115,7 +106,7 @@ def verify_checkpoint(path) -> dict:
     if size != sidecar.get("size"):
         raise CheckpointError(f"checkpoint {path} is {size} bytes but was written as {sidecar.get('size')} "
                               "bytes: it is truncated or was overwritten")
-    if _sha256(path) != sidecar.get("sha256"):
+    if sha256_file(path) != sidecar.get("sha256"):
         raise CheckpointError(f"checkpoint {path} fails its sha256 check: the file is corrupted")
     return sidecar
 

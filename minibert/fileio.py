@@ -12,6 +12,7 @@ drops when the process dies, so a killed writer never leaves a lock behind.
 from __future__ import annotations
 
 import errno
+import hashlib
 import fcntl
 import json
 import os
@@ -49,6 +50,15 @@ def atomic_write(path, write) -> Path:
 
 def atomic_write_bytes(path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def sha256_file(path) -> str:
+    """The sha256 hex digest of a file's content, read 4 MB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def json_bytes(obj) -> bytes:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from minibert.corpus import HELDOUT_FRACTION, expand_corpus_paths, stream_documents
-from minibert.fileio import _pid_alive, atomic_write_json
+from minibert.fileio import _pid_alive, atomic_write_json, sha256_file
 from minibert.tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece
 
 FORMAT = 1
@@ -131,7 +131,7 @@ def open_prepared(data_dir, verify: bool = False) -> Prepared:
                 raise PreparedDataError(f"{shard_path} holds {size} bytes, but {MANIFEST} says {shard['tokens']} "
                                         f"{dtype} tokens ({shard['tokens'] * itemsize} bytes): truncated or "
                                         "not this corpus's; prepare it again")
-            if verify and _sha256_file(shard_path) != shard["sha256"]:
+            if verify and sha256_file(shard_path) != shard["sha256"]:
                 raise PreparedDataError(f"{shard_path}: sha256 differs from {MANIFEST}'s: the shard changed")
             paths.append(shard_path)
         streams[split] = TokenShards(paths, dtype)
@@ -146,14 +146,6 @@ def open_prepared(data_dir, verify: bool = False) -> Prepared:
         raise PreparedDataError(f"{path}/vocab.txt has {tokenizer.vocab_size} tokens, {MANIFEST} says "
                                 f"{manifest['vocab_size']}")
     return Prepared(path, manifest, tokenizer, streams["train"], streams["heldout"])
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- writing ----------------------------------------------------------------------------------------------------------
