@@ -18,6 +18,7 @@ complete: an interrupted prepare leaves no DATA_DIR, and the next one removes th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -171,7 +172,7 @@ class _SplitWriter:
         if not docs_ids:
             return
         lengths = np.fromiter((len(ids) for ids in docs_ids), np.int64, len(docs_ids))
-        flat = np.fromiter((token for ids in docs_ids for token in ids), np.int64, int(lengths.sum()))
+        flat = np.fromiter(itertools.chain.from_iterable(docs_ids), np.int64, int(lengths.sum()))
         self.counts += np.bincount(flat, minlength=len(self.counts))
         self.index.write((self.tokens + np.cumsum(lengths)).astype("<i8").tobytes())
         self.documents += len(docs_ids)
