@@ -160,7 +160,9 @@ class WordPieceTokenizer:
         Mini-BERT's default (lower-cased, default special tokens, nothing added), tokenizer_config.json. A run
         directory keeps them; `load_tokenizer` reads them back."""
         files = {"vocab.txt": self.vocab_bytes()}
-        if self.tokenizer_config() != WordPieceTokenizer(self._tokens).tokenizer_config():
+        default = (self.do_lower_case and self.strip_accents is None and self.tokenize_chinese_chars
+                   and self._special == DEFAULT_SPECIAL_TOKENS and self.model_max_length is None and not self._added)
+        if not default:
             files[TOKENIZER_CONFIG] = (json.dumps(self.tokenizer_config(), indent=2) + "\n").encode("utf-8")
         return files
 
