@@ -119,8 +119,6 @@ def encoder_source(init_from: str, dtype: str) -> tuple[BertConfig, dict, WordPi
         else:
             from minibert.hf import encoder_from_transformers
             config, params = encoder_from_transformers(source, dtype)
-    except FileNotFoundError:
-        raise
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise ValueError(f"--init-from {init_from} is not a BERT this can start from: {exc}") from None
     tokenizer = load_tokenizer(source)

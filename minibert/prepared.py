@@ -55,6 +55,7 @@ class TokenShards:
         self.maps = [np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size
                      else np.zeros(0, dtype) for path in paths]
         self.ends = np.cumsum([len(m) for m in self.maps], dtype=np.int64)
+        self.starts = self.ends - [len(m) for m in self.maps]
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -65,10 +66,9 @@ class TokenShards:
         flat = positions.reshape(-1)
         out = np.empty(flat.shape, np.int32)
         shard = np.searchsorted(self.ends, flat, side="right")
-        starts = np.concatenate([[0], self.ends[:-1]])
         for s in np.unique(shard):
             where = shard == s
-            out[where] = self.maps[s][flat[where] - starts[s]]
+            out[where] = self.maps[s][flat[where] - self.starts[s]]
         return out.reshape(positions.shape)
 
     def __getitem__(self, index: slice) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .corpus import corpus_fingerprint
-from .fileio import atomic_write_bytes, remove_stale_temporaries
+from .fileio import atomic_write_bytes, json_bytes, remove_stale_temporaries
 
 # The special tokens of a vocabulary Mini-BERT trains, in id order (token i has id i).
 MINIBERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -163,7 +163,7 @@ class WordPieceTokenizer:
         default = (self.do_lower_case and self.strip_accents is None and self.tokenize_chinese_chars
                    and self._special == DEFAULT_SPECIAL_TOKENS and self.model_max_length is None and not self._added)
         if not default:
-            files[TOKENIZER_CONFIG] = (json.dumps(self.tokenizer_config(), indent=2) + "\n").encode("utf-8")
+            files[TOKENIZER_CONFIG] = json_bytes(self.tokenizer_config())
         return files
 
     def encode(self, text: str) -> list[int]:
