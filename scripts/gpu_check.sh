@@ -8,7 +8,8 @@
 #   bash scripts/gpu_check.sh --cpu OUTDIR       # the rehearsal, on a machine without a GPU
 #
 # Steps, each under `timeout`, the whole under GPU_CHECK_BUDGET seconds (default 340, under 6 minutes):
-#   1. install: array-api-compat from the wheels only (pip --no-index --find-links .whl), then the project
+#   1. install: array-api-compat from the wheels only (pip --no-index --find-links .whl), the carried setuptools
+#      where the machine's cannot build an editable install (< 70.1 without wheel; into a folder of the run), then the project
 #      (pip install --no-deps --no-build-isolation -e .): the machine's CUDA builds of jax, cupy and torch are
 #      checked unchanged afterwards; the whole suite must then collect with array-api-strict still missing (its
 #      tests skip with the reason), and array-api-strict is installed from the wheels too;
@@ -23,11 +24,14 @@
 # --cpu rehearses the same script where there is no GPU: a fresh virtual environment holding the packages of the
 # Python given by $PYTHON (default python3) except array-api-compat, array-api-strict and this project, which is
 # checked before anything is installed; then the same steps with JAX on the CPU, CuPy reported as skipped, a few
-# test files, a tiny benchmark and a few training steps (about 2 minutes on 2 cores).
+# test files, a tiny benchmark and a few training steps (about 2 minutes on 2 cores). Where $PYTHON lacks the
+# image's libraries (a bare system python3: no jax, torch, tokenizers), GPU_CHECK_LIBRARY_SITE names site-packages
+# folders to take the missing ones from (default: this project's .venv when it has them all), never their build tools:
+# $PYTHON's own setuptools is what gets rehearsed.
 # Exit status: 0 when every step that could run passed, 1 when one failed or was cut short, 2 when set-up failed.
 set -u -o pipefail
 
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 MODE=gpu
 OUTDIR=${OUT:-}
 while [ $# -gt 0 ]; do
@@ -73,6 +77,20 @@ note "mode $MODE; output in $OUTDIR; wheels from $WHEELS; budget ${BUDGET}s"
 if [ "$MODE" = cpu ]; then
     # A fresh venv that sees the host Python's packages through a folder of links to them, minus the packages the
     # GPU image lacks (array-api-compat, array-api-strict) and this project (an editable install, say).
+    IMAGE_LIBS="numpy jax torch transformers tokenizers safetensors tqdm pytest"
+    missing_libs() { "$1" -c "import importlib.util as u, sys
+print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))" $IMAGE_LIBS 2>/dev/null || echo "$IMAGE_LIBS"; }
+    MISSING=$(missing_libs "$HOST_PY")
+    if [ -n "$MISSING" ] && [ -z "${GPU_CHECK_LIBRARY_SITE:-}" ]; then
+        # a bare system Python: the image's libraries from the project's own venv, when it has them all
+        if [ -x "$ROOT/.venv/bin/python" ] && [ -z "$(missing_libs "$ROOT/.venv/bin/python")" ]; then
+            GPU_CHECK_LIBRARY_SITE=$("$ROOT/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+            export GPU_CHECK_LIBRARY_SITE
+            note "$HOST_PY lacks $MISSING: taking them (not its build tools) from $GPU_CHECK_LIBRARY_SITE"
+        else
+            fatal "$HOST_PY lacks $MISSING, which the GPU image has: set GPU_CHECK_LIBRARY_SITE to a site-packages folder that holds them (e.g. a venv's), or PYTHON to a Python that has them"
+        fi
+    fi
     "$HOST_PY" -m venv --without-pip "$WORK/venv" || fatal "python -m venv failed for $HOST_PY"
     PY=$WORK/venv/bin/python
     "$HOST_PY" - "$WORK/host-site" "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" <<'EOF' \
@@ -81,18 +99,26 @@ import os, re, sys, sysconfig
 dest, venv_site = sys.argv[1], sys.argv[2]
 hidden = re.compile(r"^(array_api_compat|array_api_strict|minibert|backends|bench|__editable__\w*minibert)([-_.].*)?$",
                     re.IGNORECASE)
+build_tools = re.compile(r"^(setuptools|wheel|pip|pkg_resources|_distutils_hack|distutils-precedence)([-_.].*)?$",
+                         re.IGNORECASE)
 os.makedirs(dest)
-shown, left_out = 0, []
-for site in dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]):
+left_out, linked = [], {}
+host_sites = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+library_sites = [site for site in os.environ.get("GPU_CHECK_LIBRARY_SITE", "").split(os.pathsep) if site]
+for site in host_sites + library_sites:
     for entry in sorted(os.listdir(site)):
         if hidden.match(entry) or entry.endswith(".pth") or entry == "__pycache__":
             left_out.append(entry)
+        elif site in library_sites and build_tools.match(entry):
+            continue                      # the build tools stay the host Python's: they are what is rehearsed
         elif not os.path.lexists(os.path.join(dest, entry)):
             os.symlink(os.path.join(site, entry), os.path.join(dest, entry))
-            shown += 1
+            linked[site] = linked.get(site, 0) + 1
 with open(os.path.join(venv_site, "rehearsal-host-site.pth"), "w") as f:
     f.write(dest + "\n")
-print(f"rehearsal venv: {shown} entries of {sys.executable}'s site-packages linked; left out: {', '.join(left_out)}")
+print(f"rehearsal venv: {linked.get(host_sites[0], 0)} entries of {sys.executable}'s site-packages linked"
+      + "".join(f", {linked.get(site, 0)} more from {site}" for site in library_sites)
+      + f"; left out: {', '.join(sorted(set(left_out)))}")
 EOF
     for module in array_api_compat array_api_strict minibert; do
         if (cd / && "$PY" -c "import $module" >/dev/null 2>&1); then
@@ -112,11 +138,34 @@ pip_install() { timeout 120 "$PY" -m pip install --quiet --no-index --find-links
 cuda_builds() { "$PY" -m pip list --format=freeze 2>/dev/null | grep -iE '^(numpy|jax|jaxlib|jax-cuda[0-9a-z-]*|cupy[0-9a-z-]*|torch)==' | sort; }
 BEFORE=$(cuda_builds)
 pip_install array-api-compat || fatal "pip could not install array-api-compat from $WHEELS"
-if ! "$PY" -c "import setuptools" 2>/dev/null; then
-    note "setuptools missing: installing it from the wheels (it builds the editable install)"
-    pip_install setuptools || fatal "pip could not install setuptools from $WHEELS"
-fi
-pip_install --no-deps --no-build-isolation -e "$ROOT" || fatal "pip install --no-deps -e . failed"
+# An editable install without build isolation builds with the machine's own setuptools, which can do that from
+# 70.1 on, or from 64 with the `wheel` package (older ones stop at "invalid command 'bdist_wheel'"). Where the
+# machine's cannot, the carried setuptools goes into a folder of this run (pip --target) that only the install
+# command sees (PYTHONPATH): the machine's site-packages stay as they were.
+BUILD_TOOLS=$("$PY" - <<'EOF'
+import importlib.util
+try:
+    import setuptools
+except ImportError:
+    print("missing: no setuptools")
+    raise SystemExit
+version = tuple(int(part) for part in setuptools.__version__.split(".")[:2] if part.isdigit())
+has_wheel = importlib.util.find_spec("wheel") is not None
+if version >= (70, 1) or (version >= (64, 0) and has_wheel):
+    print(f"ok: setuptools {setuptools.__version__}" + (" with wheel" if has_wheel else ""))
+else:
+    print(f"too old: setuptools {setuptools.__version__} {'with' if has_wheel else 'without'} wheel (an editable "
+          "install needs setuptools >= 70.1, or >= 64 with wheel)")
+EOF
+)
+BUILD_PATH=""
+case $BUILD_TOOLS in
+    ok:*) note "build tools: ${BUILD_TOOLS#ok: }, used as they are" ;;
+    *)  note "build tools: ${BUILD_TOOLS#*: }: installing the carried setuptools into this run's build folder"
+        pip_install --target "$WORK/build-tools" setuptools || fatal "pip could not install setuptools from $WHEELS"
+        BUILD_PATH=$WORK/build-tools ;;
+esac
+PYTHONPATH=$BUILD_PATH pip_install --no-deps --no-build-isolation -e "$ROOT" || fatal "pip install --no-deps -e . failed"
 AFTER=$(cuda_builds)
 if [ "$BEFORE" != "$AFTER" ]; then
     fatal "the install changed the machine's array libraries: before [$BEFORE] after [$AFTER]"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -28,15 +29,49 @@ def _wheel_dir(tmp_path):
     return wheels
 
 
+def _setuptools_of(python) -> str:
+    """`python`'s setuptools as "VERSION WHEEL" (WHEEL: whether the `wheel` package is importable), or "none"."""
+    probe = ("import importlib.util as u\ntry:\n    import setuptools\nexcept ImportError:\n    print('none')\n"
+             "else:\n    print(setuptools.__version__, u.find_spec('wheel') is not None)")
+    return subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def _cannot_build_editable(setuptools: str) -> bool:
+    """Whether a setuptools reported by `_setuptools_of` stops at "invalid command 'bdist_wheel'" (< 70.1 without
+    wheel, or < 64) when pip builds an editable install without build isolation."""
+    if setuptools == "none":
+        return False
+    version, has_wheel = setuptools.split()
+    major_minor = tuple(int(part) for part in version.split(".")[:2])
+    return major_minor < (64, 0) or (major_minor < (70, 1) and has_wheel == "False")
+
+
 @pytest.mark.slow
-def test_cpu_rehearsal_of_the_gpu_check(tmp_path):
+@pytest.mark.parametrize("host", ["venv", "bare-old-setuptools"])
+def test_cpu_rehearsal_of_the_gpu_check(tmp_path, host):
+    """The rehearsal from this venv's Python, and from the bare Python it was made from (the machine's python3),
+    whose setuptools is too old to build an editable install: the script must install the carried one into a
+    folder of its own, and take the libraries the bare Python lacks from this venv's site-packages."""
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, MINIBERT_WHEELS=str(_wheel_dir(tmp_path)),
                TMPDIR=str(tmp_path))
+    if host == "bare-old-setuptools":
+        bare = getattr(sys, "_base_executable", sys.executable)
+        setuptools = _setuptools_of(bare)
+        if bare == sys.executable or not _cannot_build_editable(setuptools):
+            pytest.skip(f"the base Python {bare} has setuptools {setuptools!r}, which can build an editable "
+                        "install: no old-setuptools machine to rehearse here")
+        env.update(PYTHON=bare, GPU_CHECK_LIBRARY_SITE=sysconfig.get_paths()["purelib"])
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu", str(out)], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:]
+    if host == "bare-old-setuptools":
+        assert "wheel (an editable install needs setuptools >= 70.1, or >= 64 with wheel): installing the " \
+               "carried setuptools into this run's build folder" in log
+        assert _setuptools_of(bare) == setuptools, "the machine's own setuptools was changed"
+    else:
+        assert "build tools: " in log
     # set-up: nothing the GPU image lacks was visible before the wheels went in, and the install left the
     # array libraries alone; without array-api-strict the whole suite collected and its tests skipped
     assert "proved absent before the install, as on the GPU image: array_api_compat, array_api_strict, minibert" in log
