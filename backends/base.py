@@ -20,6 +20,8 @@ class Backend:
       static_shapes: True where a compiled function is retraced for every new input shape (JAX), so batches
                pad the MLM head's rows to a few bucket sizes; elsewhere they keep the exact count.
       supports_float64: whether float64 arrays can be made here.
+      low_precision: the narrow float dtypes ("bfloat16", "float16") this backend computes matmuls in, which
+               mixed precision needs (`minibert.precision`); empty where it has none worth using.
       on_gpu: whether arrays live on a GPU (so timings need `synchronize` and memory is the device's).
       data_shards: devices a training batch is split over by rows (1: one device; see `data_parallel`).
       row_threads: threads a training step splits each batch's rows over on this one device (1: none); each
@@ -36,6 +38,7 @@ class Backend:
     inplace: bool = True
     static_shapes: bool = False
     supports_float64: bool = True
+    low_precision: tuple[str, ...] = ()
     on_gpu: bool = False
     data_shards: int = 1
     row_threads: int = 1
@@ -77,6 +80,11 @@ class Backend:
 
     def float64_hint(self) -> str:
         return "this backend has no float64"
+
+    def low_precision_hint(self) -> str:
+        """Why this backend has no (or not that) narrow dtype, and what to use instead."""
+        return (f"backend {self.name!r} computes in float32/float64 only; mixed precision runs on --backend torch "
+                "(bf16, fp16; CPU or CUDA), jax (bf16, fp16) or cupy (fp16, and bf16 with ml_dtypes) on a GPU")
 
     # -- what the standard lacks ------------------------------------------------------------------
     def scatter_add(self, table, indices, updates):

@@ -33,6 +33,37 @@ class CupyBackend(Backend):
                                           f"minibert_philox_uniform_{dtype}")
             for dtype, ctype in (("float32", "float32"), ("float64", "float64"))}
 
+    @property
+    def low_precision(self) -> tuple[str, ...]:
+        """float16 always; bfloat16 where CuPy takes ml_dtypes' bfloat16 (CuPy 14 on, experimental there)."""
+        return ("float16",) + (("bfloat16",) if self._bfloat16() is not None else ())
+
+    def _bfloat16(self):
+        """ml_dtypes' bfloat16 when CuPy can multiply matrices in it here, else None (probed once)."""
+        if not hasattr(self, "_bfloat16_dtype"):
+            self._bfloat16_dtype = None
+            try:
+                import ml_dtypes
+                import numpy as np
+                probe = self._cupy.asarray(np.ones((2, 2), dtype=ml_dtypes.bfloat16))
+                if float((probe @ probe).astype(np.float32)[0, 0]) == 2.0:
+                    self._bfloat16_dtype = np.dtype(ml_dtypes.bfloat16)
+            except Exception:        # no ml_dtypes, or a CuPy without bfloat16 kernels: reported by low_precision
+                pass
+        return self._bfloat16_dtype
+
+    def dtype(self, name):
+        if name == "bfloat16":
+            if self._bfloat16() is None:
+                raise ValueError(f"dtype 'bfloat16' is not available on backend 'cupy' {self._cupy.__version__}: "
+                                 "it needs CuPy >= 14 and ml_dtypes (pip install ml-dtypes); float16 is")
+            return self._bfloat16()
+        return super().dtype(name)
+
+    def low_precision_hint(self) -> str:
+        return ("CuPy computes in float16 here, and in bfloat16 only from CuPy 14 with ml_dtypes installed: use "
+                "--precision fp16, or --backend jax / torch for bf16")
+
     def to_numpy(self, x):
         return self._cupy.asnumpy(x)
 

@@ -15,6 +15,7 @@ INSTALL_HINT = ("pip install -e '.[jax]'  (or: pip install jax; for NVIDIA GPUs:
 class JaxBackend(Backend):
     name = "jax"
     inplace = False
+    low_precision = ("bfloat16", "float16")
     static_shapes = True
 
     def __init__(self, jax):

@@ -64,6 +64,10 @@ class NumpyBackend(Backend):
     def erf(self, x):
         return _erf.erf(x)
 
+    def low_precision_hint(self) -> str:
+        return ("NumPy has no bfloat16, and its float16 matmul does not use BLAS (slower than float32): mixed "
+                "precision runs on --backend torch (bf16, fp16; CPU or CUDA), jax (bf16, fp16) or cupy on a GPU")
+
     def key(self, seed: int):
         return (int(seed),)
 

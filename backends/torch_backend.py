@@ -12,6 +12,7 @@ from backends.base import Backend, BackendUnavailableError, PeakMemory
 class TorchBackend(Backend):
     name = "torch"
     inplace = True
+    low_precision = ("bfloat16", "float16")
 
     def __init__(self, torch, xp):
         self._torch = torch

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 from array_api_compat import array_namespace
 
 from minibert.ops import (DropoutCache, LinearCache, SoftmaxCache, dropout_backward, dropout_forward,
-                          linear_backward, linear_forward, softmax_backward, softmax_forward)
+                          float32_at_least, linear_backward, linear_forward, softmax_backward, softmax_forward,
+                          to_dtype)
 
 
 class AttentionCache(NamedTuple):
@@ -16,7 +17,7 @@ class AttentionCache(NamedTuple):
     k: Any                      # [B, A, T, D]
     v: Any                      # [B, A, T, D]
     softmax: SoftmaxCache       # p [B, A, T, T]
-    dropped: Any                # p' = dropout(p) [B, A, T, T]
+    dropped: Any                # p' = dropout(p) [B, A, T, T], in v's dtype (as multiplied)
     dropout: DropoutCache       # the mask of p'
     out: LinearCache            # the output projection's input c [B*T, H] and Wo [H, H]
 
@@ -42,6 +43,8 @@ def attention_forward(x, weight_qkv, bias_qkv, weight_out, bias_out, bias_mask, 
 
     Weights: Wqkv [H, 3H] (Q | K | V columns), bqkv [3H], Wo [H, H], bo [H]. bias_mask [B, 1, 1, T] comes from
     `mask_bias`. Returns y [B*T, H] and an `AttentionCache` for backward.
+    Under mixed precision the four products run in the projections' dtype (bfloat16/float16) and the scores, the
+    mask and the softmax in float32 (p' is cast back for p' v), as torch.autocast runs eager attention.
     """
     xp = array_namespace(x)
     batch, seq = bias_mask.shape[0], bias_mask.shape[-1]
@@ -53,10 +56,11 @@ def attention_forward(x, weight_qkv, bias_qkv, weight_out, bias_out, bias_mask, 
     q = qkv[0, ...] * (1.0 / math.sqrt(head))
     k, v = qkv[1, ...], qkv[2, ...]
     # k: [B, A, T, D] -> k^T [B, A, D, T]; scores [B, A, T, T]
-    scores = q @ xp.matrix_transpose(k)
+    scores = float32_at_least(q @ xp.matrix_transpose(k))
     scores += bias_mask                                             # in place where writeable (as linear_forward)
     probs, softmax_cache = softmax_forward(scores)
     dropped, drop_cache = dropout_forward(probs, dropout_rate, key, backend)
+    dropped = to_dtype(dropped, v.dtype)
     # p' v [B, A, T, D] -> [B, T, A, D] -> [B*T, H] (heads concatenated)
     context = xp.reshape(xp.permute_dims(dropped @ v, (0, 2, 1, 3)), (batch * seq, hidden))
     y, out_cache = linear_forward(context, weight_out, bias_out)
@@ -88,6 +92,7 @@ def attention_backward(dy, cache):
     dv = xp.matrix_transpose(cache.dropped) @ d_context             # p'^T [B, A, T, T]; dv [B, A, T, D]
     d_probs, _ = dropout_backward(d_dropped, cache.dropout)
     d_scores, _ = softmax_backward(d_probs, cache.softmax)
+    d_scores = to_dtype(d_scores, q.dtype)                          # float32 -> the products' dtype
     dq = (d_scores @ k) * (1.0 / math.sqrt(head))
     dk = xp.matrix_transpose(d_scores) @ q                          # ds^T [B, A, T, T]; dk [B, A, T, D]
     # [B, A, T, D] each -> [B, T, A, D] each -> stacked [B, T, 3, A, D] in one copy -> [B*T, 3H] (fused layout)

@@ -59,6 +59,9 @@ def add_run_directory_flags(parser: argparse.ArgumentParser, defaults) -> None:
     """The run-directory flags train.py and finetune.py share: checkpoints kept, dtype, --out, --resume, progress."""
     parser.add_argument("--keep-checkpoints", type=int, help=f"checkpoints kept (default {defaults.keep_checkpoints})")
     parser.add_argument("--dtype", help=f"float32 or float64 (default {defaults.dtype})")
+    parser.add_argument("--precision", help="fp32, bf16 or fp16: the matmuls' dtype, with float32 master weights, "
+                                            "optimizer and loss; fp16 adds dynamic loss scaling; torch, jax and "
+                                            f"cupy only (default {defaults.precision})")
     parser.add_argument("--out", help="run directory to create (default runs/<date-time>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     parser.add_argument("--resume-fallback", action="store_true",

@@ -230,7 +230,7 @@ def finetune(settings: FinetuneSettings, log=print) -> dict:
     """Run (or resume) fine-tuning; returns the final metrics. Writes config.json (with the label map), vocab.txt,
     checkpoints, metrics.jsonl and loss.png into the run directory, which it holds locked until it returns."""
     settings.validate()
-    backend = get_backend(settings.backend, settings.dtype)
+    backend = get_backend(settings.backend, settings.dtype, settings.precision)
     if not settings.resume and not settings.from_scratch and settings.init_from is None:
         settings = dataclasses.replace(settings, init_from=str(default_pretrained_run()))
         log(f"fine-tuning the default pretrained run {settings.init_from} (the newest complete one under "
@@ -264,5 +264,5 @@ def finetune(settings: FinetuneSettings, log=print) -> dict:
         loop = LoopSettings(steps=steps, optimizer=settings.optimizer(steps), seed=settings.seed,
                             dtype=settings.dtype, eval_every=settings.eval_every or per_epoch,
                             save_every=settings.save_every or per_epoch, keep_checkpoints=settings.keep_checkpoints,
-                            progress=settings.progress, record=settings.record())
+                            precision=settings.precision, progress=settings.progress, record=settings.record())
         return run_loop(task, run, loop, backend, log)

@@ -9,7 +9,7 @@ from pathlib import Path
 from minibert import checkpoint as ckpt
 from minibert.config import BertConfig
 from minibert.optim import AdamWConfig
-from minibert.settings import DTYPES, _FIELD_RE, _FLAG_OF_FIELD, _is_int, _is_real, flag
+from minibert.settings import _FIELD_RE, _FLAG_OF_FIELD, _is_int, _is_real, check_dtype_and_precision, flag
 from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS
 
 SCRIPT = "scripts/finetune.py"
@@ -47,6 +47,7 @@ class FinetuneSettings:
     save_every: int | None = None     # None = once per epoch
     keep_checkpoints: int = 3
     dtype: str = "float32"
+    precision: str = "fp32"        # fp32 | bf16 | fp16: the matmuls' dtype (minibert.precision)
     out: str | None = None
     resume: str | None = None
     resume_fallback: bool = False
@@ -76,8 +77,7 @@ class FinetuneSettings:
         for name in ("lr", "weight_decay", "clip_norm", "dropout"):
             if not _is_real(getattr(self, name)):
                 raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_dtype_and_precision(self.dtype, self.precision)
         for name in ("out", "resume", "init_from", "train", "eval", "text_column", "text_pair_column",
                      "label_column"):
             value = getattr(self, name)
@@ -123,7 +123,7 @@ class FinetuneSettings:
 # settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
 RESUME_FIXED = ("init_from", "from_scratch", "config", "vocab_size", "task", "train", "eval", "text_column",
                 "text_pair_column", "label_column", "tag_column", "regression", "epochs", "batch_size", "lr",
-                "warmup", "weight_decay", "clip_norm", "max_len", "dropout", "seed", "freeze_encoder", "dtype")
+                "warmup", "weight_decay", "clip_norm", "max_len", "dropout", "seed", "freeze_encoder", "dtype", "precision")
 
 
 def resume_settings(run_dir, **overrides) -> FinetuneSettings:

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
 
-from minibert.ops import (DropoutCache, LinearCache, dropout_backward, dropout_forward, linear_backward,
-                          linear_forward)
+from minibert.ops import (DropoutCache, LinearCache, dropout_backward, dropout_forward, float32_at_least,
+                          linear_backward, linear_forward)
 
 # --- pooler: dense + tanh on the [CLS] row ----------------------------------------------------------------------
 
@@ -126,9 +126,10 @@ def mse_forward(logits, targets, weights, normaliser=None):
     """loss = sum_n w_n (z_n - y_n)^2 / D,  D = normaliser, or sum_n w_n when None (transformers' MSELoss over
     the labelled rows; a step over several micro-batches or devices passes D = the rows of the whole step).
 
-    logits z [N, 1] (num_labels == 1), targets y [N] float, weights w [N] (0 for rows without a label)."""
+    logits z [N, 1] (num_labels == 1), targets y [N] float, weights w [N] (0 for rows without a label).
+    Computed in at least float32."""
     xp = array_namespace(logits)
-    diff = xp.reshape(logits, (-1,)) - targets                 # [N, 1] -> [N]
+    diff = xp.reshape(float32_at_least(logits), (-1,)) - targets                 # [N, 1] -> [N]
     norm_weights = weights / (xp.sum(weights) if normaliser is None else normaliser)
     return xp.sum(norm_weights * diff * diff), MseCache(diff=diff, norm_weights=norm_weights)
 

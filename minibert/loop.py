@@ -20,6 +20,7 @@ import numpy as np
 from minibert import checkpoint as ckpt
 from minibert.config import BertConfig
 from minibert.optim import AdamWConfig, init_state, learning_rate
+from minibert.precision import MIN_LOSS_SCALE, host_loss_scale, init_loss_scale, precision_policy
 from minibert.rundir import RunDir
 from minibert.step import make_train_step
 
@@ -78,6 +79,7 @@ class LoopSettings:
     keep_checkpoints: int
     accum_steps: int = 1
     skip_nonfinite: bool = False
+    precision: str = "fp32"     # fp32 | bf16 | fp16 (minibert.precision)
     progress: bool = True
     record: dict | None = None  # the run's settings, stored as config.json's "training"
 
@@ -112,9 +114,12 @@ class StopRequested:
 def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable = print) -> dict:
     """Train `task` from `run`'s checkpoint (or from the start) to `loop.steps`; returns the final metrics, or
     {"step", "interrupted", "run_dir"} after SIGINT/SIGTERM (a checkpoint written first)."""
-    params, state, start, skipped = _begin(task, run, loop, backend, log)
+    precision = precision_policy(loop.precision, backend, loop.dtype)
+    params, state, start, skipped = _begin(task, run, loop, backend, log, precision.loss_scaling)
     step_fn = make_train_step(task.forward_backward, loop.optimizer, backend, skip_nonfinite=loop.skip_nonfinite,
-                              count_fn=task.label_count)
+                              count_fn=task.label_count, precision=precision)
+    # a step that is not finite is skipped and counted, never fatal, when asked or when fp16 loss scaling expects it
+    skips = loop.skip_nonfinite or precision.loss_scaling
     base_key = backend.key(loop.seed)
     dropout = task.config.hidden_dropout > 0 or task.config.attention_dropout > 0
     from tqdm import tqdm
@@ -122,6 +127,8 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
 
     def save(step):
         extra = {"batcher": task.data_state(), "skipped_nonfinite": skipped}
+        if precision.loss_scaling:
+            extra["loss_scale"] = host_loss_scale(state["loss_scale"], backend)
         return _save(run, loop, backend, step, params, state, extra)
 
     with StopRequested() as stop:
@@ -129,6 +136,7 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
             for step in range(start, loop.steps):
                 started, done = time.perf_counter(), step + 1
                 key = backend.fold_in(base_key, step) if dropout else None
+                scale = host_loss_scale(state["loss_scale"], backend)["scale"] if precision.loss_scaling else None
                 params, state, loss, grad_norm = step_fn(params, state, task.train_batches(loop.accum_steps), key, step)
                 loss, grad_norm = float(backend.to_numpy(loss)), float(backend.to_numpy(grad_norm))
                 finite = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -136,9 +144,16 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
                 record = {"step": done, "loss": loss, "lr": float(learning_rate(step, loop.optimizer)),
                           "grad_norm": grad_norm,
                           "tokens_per_s": task.tokens_per_batch * loop.accum_steps / (time.perf_counter() - started)}
-                run.append_metrics({**record, "skipped_nonfinite": skipped} if loop.skip_nonfinite else record)
-                if not finite and not loop.skip_nonfinite:
+                if scale is not None:
+                    record["loss_scale"] = scale        # the scale this step's loss was multiplied by
+                run.append_metrics({**record, "skipped_nonfinite": skipped} if skips else record)
+                if not finite and not skips:
                     raise NonFiniteError(_nonfinite_message(run, done, loss, grad_norm))
+                if scale is not None and scale * 0.5 < MIN_LOSS_SCALE and not finite:
+                    raise NonFiniteError(f"fp16 loss scale fell below {MIN_LOSS_SCALE:g} at step {done}: every "
+                                         "recent step overflowed, even with the loss scaled down, so training "
+                                         f"has diverged; the last good checkpoint is {run.last_checkpoint}. Start "
+                                         "again with a lower --lr, or with --precision bf16 (float32's range)")
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{record['lr']:.2e}")
                 if done % loop.eval_every == 0 and done < loop.steps:
@@ -165,9 +180,11 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
     return {**metrics, "run_dir": str(run.path)}
 
 
-def _begin(task: Task, run: RunDir, loop: LoopSettings, backend, log) -> tuple:
+def _begin(task: Task, run: RunDir, loop: LoopSettings, backend, log, loss_scaling: bool = False) -> tuple:
     """(params, optimizer state on the backend, first step, skipped steps so far): from the run's checkpoint,
-    or fresh (writing config.json and the task's files)."""
+    or fresh (writing config.json and the task's files). With `loss_scaling` the state also holds the fp16 loss
+    scaler, from the checkpoint's sidecar when resuming."""
+    scaler = {}
     if run.resume is not None:
         point = run.resume
         try:
@@ -179,6 +196,7 @@ def _begin(task: Task, run: RunDir, loop: LoopSettings, backend, log) -> tuple:
         run.restart(point.step)
         log(f"resuming {run.path} from {point.checkpoint.name} (step {point.step})")
         start, skipped = point.step, int(point.sidecar.get("skipped_nonfinite", 0))
+        scaler = point.sidecar.get("loss_scale", {})
     else:
         host_params, host_state, start, skipped = task.initial_params(), None, 0, 0
         run.start({"model": task.config.to_dict(), "training": loop.record or {}, "backend": backend.name,
@@ -186,6 +204,8 @@ def _begin(task: Task, run: RunDir, loop: LoopSettings, backend, log) -> tuple:
     params = {k: backend.asarray(v, dtype=loop.dtype) for k, v in host_params.items()}
     state = (init_state(params, backend) if host_state is None else
              {s: {k: backend.asarray(v, dtype=loop.dtype) for k, v in host_state[s].items()} for s in ("m", "v")})
+    if loss_scaling:
+        state["loss_scale"] = init_loss_scale(backend, **scaler)
     return params, state, start, skipped
 
 

@@ -5,6 +5,8 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
 
+from minibert.ops import float32_at_least
+
 
 def flat_index_dtype(xp, size: int):
     """The integer dtype for flat indices into an array of `size` elements: the namespace's default indexing
@@ -31,10 +33,11 @@ def cross_entropy_forward(logits, labels, weights, backend, normaliser=None):
     logits z [N, V], labels y [N] int, weights w [N] (1 for a real label, 0 for padding rows). A step that
     accumulates micro-batches (or shards a batch over devices) passes D = the labelled tokens of the whole step,
     so the pieces' losses and gradients add up to those of the whole batch (`minibert.step`).
-    logsumexp is taken after subtracting the row max, so it never overflows.
+    logsumexp is taken after subtracting the row max, so it never overflows. Computed in at least float32.
     Cache (softmax(z) [N, V], flat indices n * V + y_n of the targets, w / sum(w), backend).
     """
     xp = array_namespace(logits)
+    logits = float32_at_least(logits)                                   # bfloat16/float16 logits: in float32
     num_rows, vocab = logits.shape
     row_max = xp.max(logits, axis=-1, keepdims=True)
     exp_shifted = xp.exp(logits - row_max)

@@ -23,7 +23,7 @@ from minibert.loss import cross_entropy_backward, cross_entropy_forward
 from minibert.ops import (DropoutCache, EmbeddingCache, GeluCache, LayerNormCache, LinearCache,
                           dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                           gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
-                          linear_backward, linear_forward)
+                          linear_backward, linear_forward, to_dtype)
 
 
 class EmbeddingsCache(NamedTuple):
@@ -57,8 +57,8 @@ class MLMHeadCache(NamedTuple):
     dense: LinearCache
     act: GeluCache
     ln: LayerNormCache
-    z: Any                      # LN output [N, H]
-    word: Any                   # the tied word embedding [V, H] (the decoder weight, transposed)
+    z: Any                      # LN output [N, H], in the decoder's dtype
+    word: Any                   # the tied word embedding [V, H] (the decoder weight, transposed), in that dtype
 
 
 def _site_key(key, site, backend):
@@ -174,13 +174,17 @@ def encoder_backward(d_hidden, cache: EncoderCache):
 # --- MLM head --------------------------------------------------------------------------------------------
 
 def mlm_head_forward(params, rows, config: BertConfig, backend):
-    """Hidden rows [N, H] -> logits [N, V]:  z = LN(GELU(rows Wd + bd));  logits = z word^T + decoder_bias."""
-    word = params["embeddings.word"]
+    """Hidden rows [N, H] -> logits [N, V]:  z = LN(GELU(rows Wd + bd));  logits = z word^T + decoder_bias.
+    The decoder multiplies in the head's dense dtype (bfloat16/float16 under a mixed-precision policy, which casts
+    every linear weight but leaves the word table, also the input lookup, in float32): z and word cast to it."""
+    compute = params["head.dense.weight"].dtype
+    word = to_dtype(params["embeddings.word"], compute)
     dense, dense_cache = linear_forward(rows, params["head.dense.weight"], params["head.dense.bias"])
     act, act_cache = gelu_forward(dense, backend, config.hidden_act == "gelu_tanh")
     z, ln_cache = layernorm_forward(act, params["head.ln.weight"], params["head.ln.bias"], config.layer_norm_eps)
+    z = to_dtype(z, compute)
     logits = z @ word.T                                                 # word^T [H, V]
-    logits += params["head.decoder_bias"]                               # in place where writeable (as linear)
+    logits += to_dtype(params["head.decoder_bias"], compute)            # in place where writeable (as linear)
     return logits, MLMHeadCache(dense=dense_cache, act=act_cache, ln=ln_cache, z=z, word=word)
 
 
@@ -190,9 +194,10 @@ def mlm_head_backward(d_logits, cache: MLMHeadCache):
     sum_rows d_logits. Then dz = d_logits word [N, H], back through LayerNorm, GELU and the dense layer
     (dWd = rows^T d_dense, dbd = sum_rows d_dense, d rows = d_dense Wd^T)."""
     xp = array_namespace(d_logits)
+    d_logits_w = to_dtype(d_logits, cache.word.dtype)                    # the products in the decoder's dtype
     # d_logits^T [V, N] @ z [N, H] -> [V, H]
-    grads = {"embeddings.word": d_logits.T @ cache.z, "head.decoder_bias": xp.sum(d_logits, axis=0)}
-    d_z = d_logits @ cache.word
+    grads = {"embeddings.word": d_logits_w.T @ cache.z, "head.decoder_bias": xp.sum(d_logits, axis=0)}
+    d_z = d_logits_w @ cache.word
     d_act, ln_grads = layernorm_backward(d_z, cache.ln)
     _add_grads(grads, "head.ln.", ln_grads)
     d_dense, _ = gelu_backward(d_act, cache.act)
@@ -222,7 +227,7 @@ def forward_backward(params, arrays, key=None, normaliser=None, *, config: BertC
     d_logits, _ = cross_entropy_backward(1.0, loss_cache)
     d_rows, grads = mlm_head_backward(d_logits, head_cache)
     d_hidden = backend.scatter_add(xp.zeros(hidden.shape, dtype=hidden.dtype, device=backend.device),
-                                   arrays.positions, d_rows)
+                                   arrays.positions, to_dtype(d_rows, hidden.dtype))
     _, encoder_grads = encoder_backward(d_hidden, encoder_cache)
     decoder_share = grads["embeddings.word"]
     grads.update(encoder_grads)

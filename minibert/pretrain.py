@@ -219,7 +219,7 @@ def launch(settings: TrainSettings) -> tuple:
         process, processes = backends.initialize_distributed(
             settings.backend, coordinator=settings.coordinator, num_processes=settings.num_processes,
             process_id=settings.process_id, timeout_s=settings.init_timeout)
-    backend = get_backend(settings.backend, settings.dtype)
+    backend = get_backend(settings.backend, settings.dtype, settings.precision)
     devices = settings.devices if settings.devices is not None else "all" if processes > 1 else 1
     if devices != 1:
         backend = backend.data_parallel(devices)
@@ -260,6 +260,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         loop = LoopSettings(steps=settings.steps, optimizer=settings.optimizer(), seed=settings.seed,
                             dtype=settings.dtype, eval_every=settings.eval_every, save_every=settings.save_every,
                             keep_checkpoints=settings.keep_checkpoints, accum_steps=settings.accum_steps,
-                            skip_nonfinite=settings.skip_nonfinite, progress=settings.progress,
+                            skip_nonfinite=settings.skip_nonfinite, precision=settings.precision,
+                            progress=settings.progress,
                             record=settings.record())
         return run_loop(MLMTask(settings, config, data, backend, init_weights), run, loop, backend, log)

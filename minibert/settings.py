@@ -18,6 +18,7 @@ import backends
 from minibert import checkpoint as ckpt
 from minibert.config import BertConfig
 from minibert.optim import AdamWConfig
+from minibert.precision import PRECISIONS, precision_policy
 from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS
 
 DTYPES = ("float32", "float64")
@@ -27,6 +28,17 @@ LR_SCHEDULES = ("linear", "one-cycle")
 _FLAG_OF_FIELD = {"warmup_steps": "--warmup", "total_steps": "--steps", "lr": "--lr", "weight_decay": "--weight-decay",
                   "clip_norm": "--clip-norm", "BertConfig.hidden_dropout": "--dropout"}
 _FIELD_RE = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(k) for k in _FLAG_OF_FIELD) + r")\b")
+
+
+def check_dtype_and_precision(dtype, precision) -> None:
+    """--dtype and --precision, as train.py and finetune.py take them: ValueError naming the flag."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and dtype != "float32":
+        raise ValueError(f"--precision {precision} keeps float32 master weights: it needs --dtype float32, got "
+                         f"--dtype {dtype}")
 
 
 def flag(name: str) -> str:
@@ -67,6 +79,7 @@ class TrainSettings:
     save_every: int = 500
     keep_checkpoints: int = 3
     dtype: str = "float32"
+    precision: str = "fp32"        # fp32 | bf16 | fp16: the matmuls' dtype (minibert.precision)
     out: str | None = None
     resume: str | None = None
     resume_fallback: bool = False
@@ -113,8 +126,7 @@ class TrainSettings:
         if self.lr_schedule == "one-cycle" and self.warmup is not None:
             raise ValueError(f"--warmup {self.warmup!r} cannot be used with --lr-schedule one-cycle, whose peak is "
                              "at half the steps; use --lr-schedule linear --warmup N for another warm-up")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_dtype_and_precision(self.dtype, self.precision)
         if not isinstance(self.corpus, (tuple, list)) or not all(isinstance(c, str) and c for c in self.corpus):
             raise TypeError(f"--corpus must be a list of file paths or globs, got {self.corpus!r}")
         if self.data is not None and self.corpus:
@@ -184,7 +196,8 @@ LAUNCH = ("devices", "distributed", "coordinator", "num_processes", "process_id"
 
 # settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
 RESUME_FIXED = ("config", "corpus", "data", "vocab_size", "batch_size", "seq_len", "accum_steps", "mask_rate", "lr",
-                "lr_schedule", "warmup", "weight_decay", "clip_norm", "dropout", "seed", "dtype", "steps", "init_from")
+                "lr_schedule", "warmup", "weight_decay", "clip_norm", "dropout", "seed", "dtype", "precision", "steps",
+                "init_from")
 # settings added after runs were first saved: the value a saved run without them was trained with
 _BEFORE_FLAG = {"mask_rate": 0.15, "lr_schedule": "linear"}
 
@@ -203,8 +216,8 @@ def resume_settings(run_dir, **overrides) -> TrainSettings:
     return TrainSettings(**values)
 
 
-def get_backend(name: str | None, dtype: str):
-    """The backend, with `dtype` checked; errors say where the backend name came from."""
+def get_backend(name: str | None, dtype: str, precision: str = "fp32"):
+    """The backend, with `dtype` and `precision` checked; errors say where the backend name came from."""
     try:
         backend = backends.get_backend(name)
     except (ValueError, backends.BackendUnavailableError) as exc:
@@ -216,4 +229,8 @@ def get_backend(name: str | None, dtype: str):
         backend.dtype(dtype)
     except ValueError as exc:
         raise ValueError(f"--dtype {dtype}: {exc}") from None
+    try:
+        precision_policy(precision, backend, dtype)
+    except ValueError as exc:
+        raise ValueError(f"--precision {precision}: {exc}") from None
     return backend

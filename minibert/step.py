@@ -25,9 +25,10 @@ at once on one device, summed the same way (`forward_backward_by_rows`).
 from __future__ import annotations
 
 from minibert.optim import AdamWConfig, accumulate, adamw_update
+from minibert.precision import FP32, Precision, cast_params, master_grads, update_loss_scale
 
 
-def accumulate_gradients(forward_backward_fn, params, micro_batches, key, backend, count_fn=None):
+def accumulate_gradients(forward_backward_fn, params, micro_batches, key, backend, count_fn=None, loss_scale=None):
     """(loss, grads) of one step's micro-batches, before the optimizer.
 
     With `count_fn` (arrays -> 0-d count of labelled items): D = sum_i count_fn(b_i), and
@@ -36,8 +37,15 @@ def accumulate_gradients(forward_backward_fn, params, micro_batches, key, backen
         loss = (1/k) sum_i loss_i,  grads = (1/k) sum_i grads_i,
         (loss_i, grads_i) = forward_backward_fn(params, b_i, key_i)
     (right only when all micro-batches hold the same number of items). key_i = fold_in(key, i), or None.
+    Each micro-batch's gradients are cast to at least float32 before they are summed (`master_grads`: those of
+    bfloat16/float16 weights under mixed precision). With `loss_scale` S (a 0-d array; needs `count_fn`), every
+    micro-batch gets D / S: the loss and every gradient come out S times the true ones (fp16 loss scaling).
     """
+    if loss_scale is not None and count_fn is None:
+        raise ValueError("loss scaling needs count_fn: the scale is applied through the step's loss normaliser")
     normaliser = None if count_fn is None else sum(count_fn(arrays) for arrays in micro_batches)
+    if loss_scale is not None:
+        normaliser = normaliser / loss_scale
     total, loss = None, 0.0
     for i, arrays in enumerate(micro_batches):
         micro_key = None if key is None else backend.fold_in(key, i)
@@ -46,7 +54,7 @@ def accumulate_gradients(forward_backward_fn, params, micro_batches, key, backen
         else:
             micro_loss, grads = forward_backward_by_rows(forward_backward_fn, params, arrays, micro_key, normaliser,
                                                          backend)
-        total = accumulate(total, grads)
+        total = accumulate(total, master_grads(grads))
         loss = loss + micro_loss
     count = len(micro_batches)
     if normaliser is None and count > 1:
@@ -82,7 +90,8 @@ def forward_backward_by_rows(forward_backward_fn, params, arrays, key, normalise
     return loss, total
 
 
-def make_train_step(forward_backward_fn, opt: AdamWConfig, backend, skip_nonfinite: bool = False, count_fn=None):
+def make_train_step(forward_backward_fn, opt: AdamWConfig, backend, skip_nonfinite: bool = False, count_fn=None,
+                    precision: Precision = FP32):
     """step(params, state, micro_batches, key, step_index) -> (params, state, loss, grad_norm).
 
     forward_backward_fn(params, arrays, key[, normaliser]) -> (loss as a 0-d array, dict of gradients named like
@@ -94,6 +103,11 @@ def make_train_step(forward_backward_fn, opt: AdamWConfig, backend, skip_nonfini
     key: a backend random key for dropout, or None for no dropout; micro-batch i gets fold_in(key, i).
     step_index: the 0-based update number (int, or a 0-d int array). grad_norm is before clipping.
     skip_nonfinite: a step with a non-finite gradient leaves params and state unchanged (see `adamw_update`).
+    precision: a `minibert.precision.Precision`. Its linear weights are cast to the compute dtype once per step
+    and the gradients come back in float32 (module `minibert.precision`); with loss scaling (fp16) `state` also
+    holds "loss_scale" (`init_loss_scale`): the step scales the loss by it, divides the gradients by it in
+    float32, skips the update on inf/NaN and updates the scale (`update_loss_scale`). The returned loss and
+    grad_norm are the unscaled ones (grad_norm inf or NaN on an overflow).
     """
     if not callable(forward_backward_fn):
         raise TypeError("forward_backward_fn must be a function (params, arrays, key) -> (loss, grads), got "
@@ -102,8 +116,18 @@ def make_train_step(forward_backward_fn, opt: AdamWConfig, backend, skip_nonfini
         raise TypeError(f"count_fn must be a function (arrays) -> count, or None; got {type(count_fn).__name__}")
 
     def step(params, state, micro_batches, key, step_index):
-        loss, grads = accumulate_gradients(forward_backward_fn, params, micro_batches, key, backend, count_fn)
-        params, state, grad_norm = adamw_update(params, grads, state, step_index, opt, skip_nonfinite)
+        scale = state["loss_scale"]["scale"] if precision.loss_scaling else None
+        loss, grads = accumulate_gradients(forward_backward_fn, cast_params(params, precision, backend),
+                                           micro_batches, key, backend, count_fn, loss_scale=scale)
+        if scale is not None:
+            unscale = 1.0 / scale
+            loss = loss * unscale
+            grads = {name: g * unscale for name, g in grads.items()}
+        params, state, grad_norm = adamw_update(params, grads, state, step_index, opt,
+                                                skip_nonfinite or precision.loss_scaling)
+        if scale is not None:
+            xp = backend.xp
+            state["loss_scale"] = update_loss_scale(state["loss_scale"], xp.isfinite(grad_norm))
         return params, state, loss, grad_norm
 
     return backend.jit(step, donate_argnums=(0, 1))
