@@ -16,6 +16,7 @@ from minibert.classify import classify_forward_backward, classify_logits_all
 from minibert.classify_batch import check_classify_batch, classify_device_batch, require_classifier
 from minibert.config import BertConfig
 from minibert.model import forward_backward, logits_all
+from minibert.precision import precision_policy, under_precision
 
 # backend object -> {(fn, config): compiled fn}. Keyed by the object, not its name, so a backend registered
 # anew under an old name never gets the old one's compiled functions; weak, so a dropped backend frees them.
@@ -66,10 +67,12 @@ def logits_for_host_inputs(fn, params, input_ids, attention_mask, token_type_ids
 
 
 def loss_and_grads_for_host_batch(fn, params, checked, to_device, *, config: BertConfig, backend,
-                                  dropout_seed: int | None):
-    """A checked host batch -> `to_device(checked, backend, dtype)` -> the compiled `fn(params, arrays, key)`;
-    (loss as a Python float, gradients). The public loss-and-gradient functions share this."""
+                                  dropout_seed: int | None, precision: str = "fp32"):
+    """A checked host batch -> `to_device(checked, backend, dtype)` -> the compiled `fn(params, arrays, key)`
+    under `precision` (`minibert.precision`); (loss as a Python float, float32 gradients). The public
+    loss-and-gradient functions share this."""
     check_params(params, config)
+    fn = under_precision(fn, precision_policy(precision, backend, params["embeddings.word"].dtype))
     arrays = to_device(checked, backend, params["embeddings.word"].dtype)
     key = None if dropout_seed is None else backend.key(dropout_seed)
     loss, grads = compiled(fn, config, backend)(params, arrays, key)
@@ -82,14 +85,18 @@ def mlm_logits(params, input_ids, attention_mask=None, token_type_ids=None, *, c
                                   backend=backend)
 
 
-def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None):
+def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None,
+                   precision: str = "fp32"):
     """(loss as a Python float, dict of gradients named like `params`) for a host batch.
 
     batch: dict of host int arrays input_ids, attention_mask, token_type_ids, labels (`IGNORE_LABEL` = -100:
     ignored). Dropout (config.hidden_dropout, config.attention_dropout) runs only when `dropout_seed` is given.
+    precision: "fp32", or "bf16" / "fp16" (float32 params; matmuls in the narrow dtype, see `minibert.precision`;
+    no loss scaling here: that belongs to a training step).
     """
     return loss_and_grads_for_host_batch(forward_backward, params, check_batch(batch, config, backend), device_batch,
-                                         config=config, backend=backend, dropout_seed=dropout_seed)
+                                         config=config, backend=backend, dropout_seed=dropout_seed,
+                                         precision=precision)
 
 
 # --- public API: host inputs in, checked before any device work -------------------------------------------------
@@ -102,14 +109,15 @@ def classify_logits(params, input_ids, attention_mask=None, token_type_ids=None,
                                   config=config, backend=backend)
 
 
-def classify_loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None):
+def classify_loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: int | None = None,
+                            precision: str = "fp32"):
     """(loss as a Python float, dict of gradients named like `params`) for a host classification batch.
 
     batch: dict of host arrays input_ids [B, T] (attention_mask, token_type_ids optional) and labels: [B] int
     (task "sequence"), [B] float (regression, num_labels == 1) or [B, T] int (task "token"); -100 = ignored.
     Dropout (encoder, and config.classifier_dropout_rate before the classifier) runs only when `dropout_seed`
-    is given.
+    is given. precision: as for `loss_and_grads`.
     """
     return loss_and_grads_for_host_batch(classify_forward_backward, params, check_classify_batch(batch, config, backend),
                                          classify_device_batch, config=config, backend=backend,
-                                         dropout_seed=dropout_seed)
+                                         dropout_seed=dropout_seed, precision=precision)

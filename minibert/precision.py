@@ -22,6 +22,7 @@ the compute dtype; bias gradients are summed from the float32 incoming gradient 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from array_api_compat import array_namespace
@@ -49,8 +50,9 @@ PRECISIONS = {"fp32": Precision("fp32", None, False),
 FP32 = PRECISIONS["fp32"]
 
 
-def precision_policy(name, backend, dtype: str = "float32") -> Precision:
-    """The policy called `name` for `backend`, whose parameters are `dtype`; ValueError naming what is missing
+def precision_policy(name, backend, dtype="float32") -> Precision:
+    """The policy called `name` for `backend`, whose parameters are `dtype` (a name or the backend's dtype);
+    ValueError naming what is missing
     (an unknown name, master weights that are not float32, a backend without the compute dtype)."""
     if isinstance(name, Precision):
         name = name.name
@@ -59,7 +61,7 @@ def precision_policy(name, backend, dtype: str = "float32") -> Precision:
     policy = PRECISIONS[name]
     if policy.compute is None:
         return policy
-    if dtype != "float32":
+    if backend.dtype(dtype) != backend.dtype("float32"):
         raise ValueError(f"precision {name} keeps float32 master weights: use dtype float32 (got {dtype}); "
                          "float64 is for gradient checks, in full precision")
     if policy.compute not in backend.low_precision:
@@ -81,6 +83,20 @@ def cast_params(params: dict, precision: Precision, backend) -> dict:
     xp = array_namespace(*params.values())
     dtype = backend.dtype(precision.compute)
     return {name: xp.astype(p, dtype) if is_linear_weight(name, p) else p for name, p in params.items()}
+
+
+@functools.cache
+def under_precision(fn, precision: Precision):
+    """A model function fn(params, *args, config=, backend=) -> (loss, grads) run under `precision`: its linear
+    weights cast (`cast_params`), its gradients returned in float32 (`master_grads`); `fn` itself under fp32.
+    The same function object for the same (fn, precision), so what `minibert.api.compiled` compiles is reused."""
+    if precision.compute is None:
+        return fn
+
+    def run(params, *args, config, backend):
+        loss, grads = fn(cast_params(params, precision, backend), *args, config=config, backend=backend)
+        return loss, master_grads(grads)
+    return run
 
 
 def master_grads(grads: dict) -> dict:
