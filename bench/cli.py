@@ -20,13 +20,21 @@ from minibert.config import PRESETS
 CPU_PRESETS = ("seed", "mini")
 GPU_PRESETS = ("mini", "small")
 MINIBERT_BACKENDS = ("numpy", "jax", "cupy", "torch", "strict")
+LOW_PRECISIONS = ("bf16", "fp16")
+NO_LOW_PRECISION = ("numpy", "strict")       # backends that refuse --precision bf16/fp16 (see minibert.precision)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="scripts/benchmark.py", description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", type=lambda s: [x for x in s.split(",") if x],
                    help="comma-separated Mini-BERT backends (default: numpy,jax on CPU; cupy,jax with --gpu; "
-                        "those not installed are skipped)")
+                        "with --precision bf16/fp16: torch,jax, or cupy,jax,torch with --gpu; those not installed "
+                        "are skipped)")
+    p.add_argument("--precision", choices=LOW_PRECISIONS + ("fp32",), default="fp32",
+                   help="training steps in fp32, or bf16/fp16 mixed precision for every library: Mini-BERT's "
+                        "--precision policy, PyTorch's torch.autocast (fp16 with its GradScaler); each Mini-BERT "
+                        "backend then also runs an fp32 entry (NAME-fp32), so the speed-up is measured side by "
+                        "side. Inference stays float32 everywhere (default fp32)")
     p.add_argument("--presets", nargs="+", choices=list(PRESETS),
                    help=f"model presets (default: {' '.join(CPU_PRESETS)}; with --gpu {' '.join(GPU_PRESETS)})")
     p.add_argument("--batch-size", type=int, default=32)
@@ -85,8 +93,10 @@ def parse_args(argv=None):
     p.add_argument("--json", default="benchmark.json", help="where to write the JSON report (default benchmark.json)")
     args = p.parse_args(argv)
     quick = args.quick
+    low = args.precision in LOW_PRECISIONS
     if args.backends is None:
-        wanted = ("cupy", "jax") if args.gpu else ("numpy", "jax")
+        wanted = (("cupy", "jax", "torch") if low else ("cupy", "jax")) if args.gpu else (
+            ("torch", "jax") if low else ("numpy", "jax"))
         args.backends = [b for b in wanted if importlib.util.find_spec(b) is not None]
         args.skipped_backends = [b for b in wanted if b not in args.backends]
     else:
@@ -94,6 +104,9 @@ def parse_args(argv=None):
         for b in args.backends:
             if b not in MINIBERT_BACKENDS:
                 p.error(f"--backends: unknown {b!r}; allowed: {', '.join(MINIBERT_BACKENDS)}")
+            if low and b in NO_LOW_PRECISION:
+                p.error(f"--backends {b} with --precision {args.precision}: {b} computes in float32/float64 only; "
+                        "mixed precision runs on torch, jax or cupy")
     args.presets = args.presets or list(GPU_PRESETS if args.gpu else CPU_PRESETS)
     args.repeats = args.repeats if args.repeats is not None else (4 if quick else 10)
     args.infer_repeats = args.infer_repeats if args.infer_repeats is not None else (2 if quick else 6)
@@ -151,7 +164,7 @@ def main(argv=None) -> int:
                            "gemm_size": args.gemm_size, "quick": args.quick, "gpu": args.gpu,
                            "tf32": args.tf32, "reference_variants": args.reference_variants,
                            "reference_heads": args.reference_heads,
-                           "label_rate": LABEL_RATE, "dtype": "float32",
+                           "label_rate": LABEL_RATE, "dtype": "float32", "precision": args.precision,
                            "optimizer": {"lr": 1e-4, "weight_decay": 0.01, "eps": 1e-6, "betas": [0.9, 0.999],
                                          "clip_norm": 1.0, "no_decay": "biases and LayerNorm"}},
               "machine": machine_info(args),

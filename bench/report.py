@@ -37,7 +37,11 @@ def format_report(report) -> str:
              f"CPU: {m['cpu_model']}, {m['usable_cpus']} usable cores, {s['threads']} threads per library")
     lines.append(f"Mini-BERT vs PyTorch  |  {where}  |  load avg {m['loadavg_start'][0]:.1f} at start, "
                  f"{m.get('loadavg_end', [float('nan')])[0]:.1f} at end")
-    lines.append(f"batch {s['batch_size']}, dropout {s['dropout']}, vocab {s['vocab']}, float32; {s['repeats']} timed "
+    precision = s.get("precision", "fp32")
+    trains_in = ("float32" if precision == "fp32" else
+                 f"training in {precision} mixed precision (float32 master weights; PyTorch under torch.autocast), "
+                 "inference in float32")
+    lines.append(f"batch {s['batch_size']}, dropout {s['dropout']}, vocab {s['vocab']}, {trains_in}; {s['repeats']} timed "
                  f"steps per library in rounds of {s['burst']} (each after {s['burst_warmup']} untimed), after "
                  f">= {s['warmup']} warm-up; "
                  f"OPENBLAS_CORETYPE={m['OPENBLAS_CORETYPE'] or 'unset'}")
@@ -105,6 +109,15 @@ def format_report(report) -> str:
             chance = math.log(c["vocab_size"] if task == "mlm" else c["num_labels"])
             lines.append(f"   first-step loss (sanity, ~ln {'V' if task == 'mlm' else 'C'} = {chance:.2f}): "
                          f"{', '.join(losses)}")
+        for name, lib in libs.items():
+            r = lib.get("vs_fp32")
+            if r:
+                paired = r.get("train_time_paired_median")
+                lines.append(f"   {precision} speed-up, {name} against its own fp32 step ({name}-fp32, the same work): "
+                             f"time x{_fmt(paired, '.2f')} paired [{_fmt(r.get('train_time_paired_min'), '.2f')}.."
+                             f"{_fmt(r.get('train_time_paired_max'), '.2f')}] = "
+                             f"{_fmt(None if not paired else 1 / paired, '.2f')}x faster; memory "
+                             f"x{_fmt(r.get('memory_peak_delta') or r.get('device_memory_peak'), '.2f')}")
         for name, lib in libs.items():
             check = lib["info"].get("same_work_check")
             if check:

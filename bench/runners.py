@@ -2,6 +2,7 @@
 encoder + MLM head at the labelled rows only, or BertForSequenceClassification)."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 from functools import partial
 import time
@@ -13,22 +14,24 @@ from bench.probes import _peak_rss_bytes, _rss_bytes
 MINIBERT_MODULES = ("minibert.api", "minibert.model", "minibert.step")    # imported by a worker before anything is timed
 
 
-def build_step_and_inference(config, be):
-    """The two Mini-BERT functions a runner times: the training step (minibert.step, AdamW as the reference's)
-    and the compiled inference forward, for the config's task: masked LM (`forward_backward`, `logits_all`) or
-    sequence classification (`classify_forward_backward`, `classify_logits_all`). The only place the benchmark
-    calls into Mini-BERT's model API."""
+def build_step_and_inference(config, be, precision="fp32"):
+    """The two Mini-BERT functions a runner times: the training step (minibert.step, AdamW as the reference's,
+    under the `precision` policy) and the compiled inference forward (float32), for the config's task: masked LM
+    (`forward_backward`, `logits_all`) or sequence classification (`classify_forward_backward`,
+    `classify_logits_all`). The only place the benchmark calls into Mini-BERT's model API."""
     from minibert.api import compiled_logits
     from minibert.classify import classify_forward_backward, classify_logits_all
     from minibert.model import forward_backward, label_count, logits_all
     from minibert.optim import AdamWConfig
+    from minibert.precision import precision_policy
     from minibert.step import make_train_step
 
     loss_and_grads, forward = ((forward_backward, logits_all) if config.task == "mlm"
                                else (classify_forward_backward, classify_logits_all))
     opt = AdamWConfig(lr=1e-4, warmup_steps=0, total_steps=10**9, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
     # token-weighted, as the training loop runs it (both tasks' batches carry their label weights)
-    return (make_train_step(partial(loss_and_grads, config=config, backend=be), opt, be, count_fn=label_count),
+    return (make_train_step(partial(loss_and_grads, config=config, backend=be), opt, be, count_fn=label_count,
+                            precision=precision_policy(precision, be)),
             compiled_logits(forward, config, be))
 
 
@@ -80,19 +83,22 @@ class MinibertRunner(Runner):
 
         from minibert.optim import init_state
         from minibert.params import init_params
+        from minibert.precision import PRECISIONS, init_loss_scale
 
         self.config = config = model_config(spec["preset"], spec["vocab"], spec["dropout"], spec["task"])
         host = make_host_batch(config, spec["batch"], spec["seq"])
         self.arrays = device_arrays(host, config, be)
         self.params = init_params(config, seed=0, backend=be)
         self.state = init_state(self.params, be)
-        self.step_fn, self.infer_fn = build_step_and_inference(config, be)
+        if PRECISIONS[spec["precision"]].loss_scaling:
+            self.state["loss_scale"] = init_loss_scale(be)
+        self.step_fn, self.infer_fn = build_step_and_inference(config, be, spec["precision"])
         self.base_key = be.key(0) if spec["dropout"] > 0 else None
         self.step_index = 0
         self.np = np
 
     def info(self) -> dict:
-        out = self.be.describe()
+        out = {**self.be.describe(), "precision": self.spec["precision"]}
         if self.spec["gpu"]:
             out["tf32"] = self.spec["tf32"]
         return out
@@ -219,6 +225,12 @@ class ReferenceRunner(Runner):
         self.inputs = {k: torch.from_numpy(host[k].astype(np.int64)).to(self.device)
                        for k in ("input_ids", "attention_mask", "token_type_ids")}
         self.labels = torch.from_numpy(host["labels"].astype(np.int64)).to(self.device)
+        # --precision bf16/fp16: the forward under torch.autocast, as PyTorch users train in mixed precision;
+        # fp16 with GradScaler's dynamic loss scaling (bf16 needs none)
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec["precision"])
+        self.autocast = (partial(torch.autocast, self.device.type, dtype=low) if low is not None
+                         else contextlib.nullcontext)
+        self.scaler = torch.amp.GradScaler(self.device.type) if spec["precision"] == "fp16" else None
         flat = self.labels.reshape(-1)
         self.positions = torch.nonzero(flat != -100).reshape(-1)
         self.targets = flat[self.positions]
@@ -247,6 +259,7 @@ class ReferenceRunner(Runner):
 
         from backends.torch_backend import torch_description
         return {**torch_description(self.torch), "transformers": transformers.__version__, "attn": self.spec["attn"],
+                "precision": self.spec["precision"] + (" (torch.autocast)" if self.spec["precision"] != "fp32" else ""),
                 "head": self.spec["head"], "model": type(self.model).__name__, "device": str(self.device),
                 "same_work_check": self.same_work_check}
 
@@ -256,13 +269,21 @@ class ReferenceRunner(Runner):
 
     def train_step(self):
         torch, model = self.torch, self.model
-        if self.spec["head"] == "all":
-            loss = model(**self.inputs, labels=self.labels).loss
-        else:   # the head at the labelled rows only, as Mini-BERT does
-            loss = self._labelled_loss()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        self.opt.step()
+        with self.autocast():
+            if self.spec["head"] == "all":
+                loss = model(**self.inputs, labels=self.labels).loss
+            else:   # the head at the labelled rows only, as Mini-BERT does
+                loss = self._labelled_loss()
+        if self.scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            self.scaler.step(self.opt)
+            self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         value = float(loss.detach())      # reads to host, so it waits for the device
         self._sync()

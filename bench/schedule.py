@@ -43,8 +43,12 @@ def worker_entries(args) -> list[dict]:
     """The workers of a preset: one per Mini-BERT backend, then one per PyTorch reference: every
     --reference-variants attention with each of --reference-heads (an entry's own :all or :labelled picks its
     head alone); named pytorch-ATTN for the all-positions head, pytorch-ATTN-labelled for the same-work one.
-    A bad variant is a ValueError naming it."""
-    entries = [{"name": b, "kind": "minibert", "backend": b} for b in args.backends]
+    A bad variant is a ValueError naming it. Every entry trains in --precision; under bf16/fp16 each Mini-BERT
+    backend also gets an fp32 entry, NAME-fp32, the baseline of its mixed-precision speed-up."""
+    entries = [{"name": b, "kind": "minibert", "backend": b, "precision": args.precision} for b in args.backends]
+    if args.precision != "fp32":
+        entries += [{"name": f"{b}-fp32", "kind": "minibert", "backend": b, "precision": "fp32"}
+                    for b in args.backends]
     for variant in args.reference_variants:
         attn, _, head = variant.partition(":")
         if attn not in ("eager", "sdpa") or head not in ("", "all", "labelled"):
@@ -56,7 +60,8 @@ def worker_entries(args) -> list[dict]:
                                  f"reference; --task {args.task} compares with the whole model (head all)")
             name = f"{REFERENCE_PREFIX}-{attn}" + ("" if h == "all" else "-labelled")
             if all(e["name"] != name for e in entries):
-                entries.append({"name": name, "kind": "reference", "attn": attn, "head": h})
+                entries.append({"name": name, "kind": "reference", "attn": attn, "head": h,
+                                "precision": args.precision})
     return entries
 
 

@@ -78,6 +78,10 @@ def summarize(result) -> None:
         if result[slot] is not None:
             for lib in libs.values():
                 lib[field] = _ratios(lib, libs[result[slot]], result)
+    for name, lib in libs.items():       # --precision bf16/fp16: each backend against its own fp32 entry
+        baseline = libs.get(f"{name}-fp32")
+        if lib["kind"] == "minibert" and baseline and baseline.get("train", {}).get("median_ms"):
+            lib["vs_fp32"] = _ratios(lib, baseline, result)
 
 
 def _ratios(lib, ref, result) -> dict:
