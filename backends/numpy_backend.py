@@ -1,16 +1,14 @@
 """NumPy on the CPU (through array_api_compat.numpy)."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import array_api_compat.numpy as xp_numpy
 
 from backends import _blas_threads, _erf
+from backends._host_memory import keep_freed_memory
 from backends.base import Backend
 
 
@@ -85,32 +83,6 @@ class NumpyBackend(Backend):
         except Exception:  # older numpy: no dict mode
             pass
         return out
-
-
-MALLOC_MMAP_THRESHOLD = 32 << 20     # glibc mallopt parameters (malloc.h): M_MMAP_THRESHOLD = -3,
-MALLOC_TRIM_THRESHOLD = 1 << 30      # M_TRIM_THRESHOLD = -1,
-MALLOC_ARENA_MAX = 1                 # M_ARENA_MAX = -8
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks up to 32 MB in the heap instead of returning them to the kernel.
-
-    A training step allocates and frees many temporaries of a few MB; by default glibc maps each with mmap and
-    unmaps it on free, so the next step page-faults the memory in again (tens of thousands of faults per step,
-    8-22% of the step in the kernel, measured with scripts/benchmark.py). With these thresholds the memory is
-    reused. One arena for every thread: a row thread (NumpyBackend.thread_map) would otherwise allocate from its
-    own arena, whose heaps hold at most 64 MB and give freed memory back (11,000 faults per step measured with
-    two row threads, mini B8, tests/test_host_memory.py). Process-wide and harmless elsewhere; a no-op off glibc.
-    Returns whether it was applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return all([bool(libc.mallopt(-3, MALLOC_MMAP_THRESHOLD)), bool(libc.mallopt(-1, MALLOC_TRIM_THRESHOLD)),
-                    bool(libc.mallopt(-8, MALLOC_ARENA_MAX))])
-    except (OSError, AttributeError):
-        return False
 
 
 def create() -> Backend:

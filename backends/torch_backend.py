@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends._host_memory import keep_freed_memory
 from backends.base import Backend, BackendUnavailableError, PeakMemory
 
 
@@ -96,4 +97,7 @@ def create() -> Backend:
         raise BackendUnavailableError(
             f"backend 'torch' needs PyTorch, which is not installed ({exc}); install it with: "
             "pip install torch") from None
-    return TorchBackend(torch, xp)
+    backend = TorchBackend(torch, xp)
+    if not backend.on_gpu:
+        keep_freed_memory()      # reuse freed temporaries instead of faulting them in each step
+    return backend

@@ -1,4 +1,4 @@
-"""The numpy backend reuses freed host memory (`keep_freed_memory` in backends/numpy_backend.py): after warm-up a
+"""The numpy backend reuses freed host memory (`keep_freed_memory` in backends/_host_memory.py): after warm-up a
 training step, its rows on every core, makes (almost) no page faults. Without the allocator setting NumPy's
 temporaries of a few MB were mapped afresh and faulted in every step, 4 KB at a time (tens of thousands of faults
 per step). Counted in a child process with both cores' row threads, as in a run."""
