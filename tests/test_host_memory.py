@@ -1,4 +1,4 @@
-"""The numpy backend reuses freed host memory (`keep_freed_memory` in backends/_host_memory.py): after warm-up a
+"""The CPU backends reuse freed host memory (`keep_freed_memory` in backends/_host_memory.py): after warm-up a
 training step, its rows on every core, makes (almost) no page faults. Without the allocator setting NumPy's
 temporaries of a few MB were mapped afresh and faulted in every step, 4 KB at a time (tens of thousands of faults
 per step). Counted in a child process with both cores' row threads, as in a run."""
@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from support import ROOT, child_env
+from support import ROOT, backend_or_skip, child_env
 
 CHILD = r"""
 import json, resource, sys
 from bench.runners import MinibertRunner
-runner = MinibertRunner(dict(backend=sys.argv[1], gpu=False, preset="mini", vocab=8192, dropout=0.1, task="mlm",
+runner = MinibertRunner(dict(backend=sys.argv[1], gpu=False, preset="mini", vocab=8192, dropout=0.1, task="mlm", precision="fp32",
                              batch=8, seq=128, tf32=False))
 for _ in range(3):
     runner.train_step()
@@ -29,8 +29,11 @@ MAX_FAULTS_PER_STEP = 2000     # 8 MB of 4 KB pages; the step's temporaries are 
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings: Linux only")
-def test_numpy_training_step_reuses_freed_host_memory():
-    name = "numpy"
+@pytest.mark.parametrize("name", ["numpy", "jax", "torch"])
+def test_cpu_training_step_reuses_freed_host_memory(name):
+    """numpy's temporaries, torch's, and JAX's per-step XLA buffer (allocated by its worker threads: this fails if
+    the backend sets up the allocator after JAX has started them)."""
+    backend_or_skip(name)
     threads = {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}      # row threads where there are 2 cores
     out = subprocess.run([sys.executable, "-c", CHILD, name], cwd=ROOT, env=child_env(**threads),
                          capture_output=True, text=True, timeout=300)
