@@ -5,15 +5,14 @@ import ctypes
 import ctypes.util
 import sys
 
-MALLOC_MMAP_THRESHOLD = 1 << 30      # glibc mallopt parameters (malloc.h): M_MMAP_THRESHOLD = -3 (glibc < 2.35
-MALLOC_MMAP_THRESHOLD_OLD = 32 << 20  # caps it at 32 MB),
+MALLOC_MMAP_THRESHOLD = 32 << 20     # glibc mallopt parameters (malloc.h): M_MMAP_THRESHOLD = -3,
 MALLOC_TRIM_THRESHOLD = 1 << 30      # M_TRIM_THRESHOLD = -1,
 MALLOC_ARENA_MAX = 1                 # M_ARENA_MAX = -8
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks up to 1 GB (32 MB before glibc 2.35) in the heap instead of returning them
-    to the kernel. Every backend calls it when created: numpy, torch, and jax before it is imported (below).
+    """Ask glibc to keep freed blocks up to 32 MB in the heap instead of returning them to the kernel. The CPU
+    backends call it when created: numpy, torch, and jax (before it is imported, see below).
 
     A training step allocates and frees many temporaries of a few MB; by default glibc maps each with mmap and
     unmaps it on free, so the next step page-faults the memory in again (tens of thousands of faults per step,
@@ -22,16 +21,20 @@ def keep_freed_memory() -> bool:
     reused. One arena for every thread: a row thread (NumpyBackend.thread_map) would otherwise allocate from its
     own arena, whose heaps hold at most 64 MB and give freed memory back (11,000 faults per step measured with
     two row threads, mini B8, tests/test_host_memory.py). glibc fixes the number of arenas when a second thread
-    first allocates, so this must run before a library starts its threads: JAX's CPU client allocates one
-    temporary buffer per compiled step (650 MB for mini B32 T128) from its worker threads, which in their own
-    arenas is always mapped afresh (167,000 faults per step; 628 instead of 748 ms with this, measured).
+    first allocates, so this must run before a library starts its threads (JAX's do at import).
+
+    Not done, measured: JAX's CPU client allocates one temporary buffer per compiled step (650 MB for mini B32
+    T128), which stays above the 32 MB threshold and is mapped afresh each step (167,000 faults). A 1 GB
+    threshold keeps it (748 -> 628 ms per step) but fragments the heap: +500 MB resident, 2.5x PyTorch's memory
+    (the target is 1.5x); glibc.malloc.hugetlb=1 in GLIBC_TUNABLES (set before the process starts) maps it in
+    2 MB pages (900 faults, 672 ms) on this machine's kernel (THP on madvise).
     Process-wide and harmless elsewhere; a no-op off glibc. Returns whether it was applied.
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        threshold = bool(libc.mallopt(-3, MALLOC_MMAP_THRESHOLD) or libc.mallopt(-3, MALLOC_MMAP_THRESHOLD_OLD))
-        return all([threshold, bool(libc.mallopt(-1, MALLOC_TRIM_THRESHOLD)), bool(libc.mallopt(-8, MALLOC_ARENA_MAX))])
+        return all([bool(libc.mallopt(-3, MALLOC_MMAP_THRESHOLD)), bool(libc.mallopt(-1, MALLOC_TRIM_THRESHOLD)),
+                    bool(libc.mallopt(-8, MALLOC_ARENA_MAX))])
     except (OSError, AttributeError):
         return False

@@ -207,9 +207,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
 
 
 def create() -> Backend:
-    # before JAX starts its threads: glibc fixes how many arenas there may be when a second thread first
-    # allocates, and XLA's CPU buffers (one temporary buffer per step, 650 MB for mini B32 T128) must come
-    # from the one arena that keeps freed memory, or every step page-faults it in again (167,000 faults)
+    # before JAX starts its threads: glibc fixes how many arenas there may be when a second thread first allocates
     keep_freed_memory()
     try:
         import jax

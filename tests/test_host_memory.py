@@ -29,10 +29,10 @@ MAX_FAULTS_PER_STEP = 2000     # 8 MB of 4 KB pages; the step's temporaries are 
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings: Linux only")
-@pytest.mark.parametrize("name", ["numpy", "jax", "torch"])
+@pytest.mark.parametrize("name", ["numpy", "torch"])
 def test_cpu_training_step_reuses_freed_host_memory(name):
-    """numpy's temporaries, torch's, and JAX's per-step XLA buffer (allocated by its worker threads: this fails if
-    the backend sets up the allocator after JAX has started them)."""
+    """numpy's temporaries and torch's (JAX's one per-step buffer is larger than the threshold: see
+    backends/_host_memory.py for why it is left to the kernel)."""
     backend_or_skip(name)
     threads = {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}      # row threads where there are 2 cores
     out = subprocess.run([sys.executable, "-c", CHILD, name], cwd=ROOT, env=child_env(**threads),
