@@ -74,6 +74,8 @@ class CupyBackend(Backend):
         return table
 
     def erf(self, x):
+        if x.dtype.itemsize < 4:         # bfloat16/float16 (mixed precision): in float32, rounded back
+            return self._erf(x.astype(self._cupy.float32)).astype(x.dtype)
         return self._erf(x)
 
     def key(self, seed: int):

@@ -16,8 +16,9 @@ Nothing here imports an array library: `xp` comes from the arrays, and what the 
 
 Mixed precision (`minibert.precision`) needs no flag here: the dtypes carry it. A linear layer multiplies in its
 weight's dtype (bfloat16 or float16 when the policy cast the weight, else the parameters' own), casting its input
-to it; LayerNorm computes in its scale's dtype (the float32 master, never cast); softmax, GELU and the loss compute
-in at least float32 whatever their input (`float32_at_least`). In float32 and float64 every cast is a no-op.
+to it; LayerNorm computes in its scale's dtype (the float32 master, never cast); softmax and the loss compute in at
+least float32 whatever their input (`float32_at_least`); GELU and dropout follow their input. In float32 and
+float64 every cast is a no-op.
 """
 from __future__ import annotations
 
@@ -124,30 +125,28 @@ def gelu_forward(x, backend, approximate=False):
     """Exact:  y = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2.
     Tanh approximation (approximate=True):  y = x * (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3).
     x [N, F] -> y [N, F]; cache (x, Phi(x) or tanh(u), approximate). `backend` supplies erf.
-    Computed in at least float32; y and the cached Phi(x) or tanh(u) are returned in x's dtype.
+    Computed in x's dtype, bfloat16 too under mixed precision (as torch.autocast runs it; jax and torch evaluate
+    each bfloat16 element in float32 and round the result, and a backend whose erf cannot, widens it there).
     """
     xp = array_namespace(x)
-    wide = float32_at_least(x)
     if approximate:
-        t = xp.tanh(SQRT_2_OVER_PI * (wide + GELU_TANH_COEF * wide * wide * wide))
-        return to_dtype(0.5 * wide * (1.0 + t), x.dtype), GeluCache(x=x, saved=to_dtype(t, x.dtype), approximate=True)
-    cdf = 0.5 * (1.0 + backend.erf(wide * SQRT_HALF))
-    return to_dtype(wide * cdf, x.dtype), GeluCache(x=x, saved=to_dtype(cdf, x.dtype), approximate=False)
+        t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x))
+        return 0.5 * x * (1.0 + t), GeluCache(x=x, saved=t, approximate=True)
+    cdf = 0.5 * (1.0 + backend.erf(x * SQRT_HALF))
+    return x * cdf, GeluCache(x=x, saved=cdf, approximate=False)
 
 
 def gelu_backward(dy, cache: GeluCache):
     """Exact:  dy/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
     Tanh:    dy/dx = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(u).
-    dy [N, F] -> (dx [N, F] = dy * dy/dx, {}), computed in at least float32 and returned in dy's dtype.
+    dy [N, F] -> (dx [N, F] = dy * dy/dx, {}).
     """
     xp = array_namespace(dy)
-    x, saved, d_out = float32_at_least(cache.x), float32_at_least(cache.saved), float32_at_least(dy)
+    x, saved = cache.x, cache.saved
     if cache.approximate:
         du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * x * x)
-        dx = d_out * (0.5 * (1.0 + saved) + 0.5 * x * (1.0 - saved * saved) * du_dx)
-    else:
-        dx = d_out * (saved + x * (INV_SQRT_2PI * xp.exp(-0.5 * x * x)))
-    return to_dtype(dx, dy.dtype), {}
+        return dy * (0.5 * (1.0 + saved) + 0.5 * x * (1.0 - saved * saved) * du_dx), {}
+    return dy * (saved + x * (INV_SQRT_2PI * xp.exp(-0.5 * x * x))), {}
 
 
 # --- softmax --------------------------------------------------------------------------------------------

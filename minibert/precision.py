@@ -14,11 +14,13 @@ A policy is data, applied in two places:
   2^16, doubles after 2000 finite steps in a row and halves (the step skipped) on an overflow, as PyTorch's
   GradScaler (`update_loss_scale`).
 
-Compared with PyTorch's autocast (CUDA op lists): the same split for matmuls (low precision), softmax, LayerNorm
-and the losses (float32). Differences: GELU computes in float32 here (autocast runs it in the input's bfloat16;
-our erf on some backends is a polynomial that would lose digits) and returns its output in bfloat16; the
-embedding lookup reads the float32 table (autocast too), but the tied decoder multiplies by the table cast to
-the compute dtype; bias gradients are summed from the float32 incoming gradient where there is one.
+Compared with PyTorch's autocast (its CPU and CUDA op lists): the same split for matmuls (low precision),
+softmax, LayerNorm and the losses (float32), and GELU, dropout and tanh in the dtype of their input (bfloat16
+after a linear layer; jax and torch evaluate each element in float32 and round it, cupy's erf is widened to
+float32 by the backend). The embedding lookup reads the float32 table (autocast too), and the tied decoder
+multiplies by the table cast to the compute dtype. Differences: bias gradients are summed from the float32
+incoming gradient where there is one (autocast sums the bfloat16 one), and the attention mask is added to
+float32 scores (autocast adds it to the bfloat16 ones, then the softmax widens them).
 """
 from __future__ import annotations
 
