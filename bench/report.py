@@ -113,11 +113,10 @@ def format_report(report) -> str:
             r = lib.get("vs_fp32")
             if r:
                 paired = r.get("train_time_paired_median")
-                lines.append(f"   {precision} speed-up, {name} against its own fp32 step ({name}-fp32, the same work): "
-                             f"time x{_fmt(paired, '.2f')} paired [{_fmt(r.get('train_time_paired_min'), '.2f')}.."
-                             f"{_fmt(r.get('train_time_paired_max'), '.2f')}] = "
-                             f"{_fmt(None if not paired else 1 / paired, '.2f')}x faster; memory "
-                             f"x{_fmt(r.get('memory_peak_delta') or r.get('device_memory_peak'), '.2f')}")
+                lines.append(f"   {precision} against fp32, {name} (its own fp32 step, {name}-fp32: the same work): "
+                             f"step time x{_fmt(paired, '.2f')} paired [{_fmt(r.get('train_time_paired_min'), '.2f')}.."
+                             f"{_fmt(r.get('train_time_paired_max'), '.2f')}], so {_fmt(None if not paired else 1 / paired, '.2f')}x "
+                             f"the fp32 speed; memory x{_fmt(r.get('memory_peak_delta') or r.get('device_memory_peak'), '.2f')}")
         for name, lib in libs.items():
             check = lib["info"].get("same_work_check")
             if check:

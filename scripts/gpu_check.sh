@@ -16,10 +16,11 @@
 #   2. probe: what works here (nvidia-smi, CuPy, JAX on the GPU, torch with CUDA);
 #   3. tests: pytest -k "cupy or jax" with MINIBERT_TEST_BACKENDS=cupy,jax (tests/conftest.py);
 #   4. benchmark: scripts/benchmark.py --gpu, cupy and jax against PyTorch CUDA on presets mini, small and base;
+#      then --precision bf16 on mini: cupy, jax and torch (CUDA) in bf16 beside their fp32 steps and PyTorch's autocast;
 #   5. training: scripts/train.py with MINIBERT_BACKEND=cupy and =jax, 300 steps of the default run, side by side.
 # A step that cannot run (CuPy missing, JAX without a GPU) is reported as skipped with the reason; the rest runs.
-# OUTDIR receives at most 6 files (the device tool brings back 8): gpu_check.log (everything printed),
-# pytest.log, benchmark.txt, benchmark.json, train-<backend>.jsonl (each run's metrics.jsonl).
+# OUTDIR receives at most 7 files (the device tool brings back 8): gpu_check.log (everything printed),
+# pytest.log, benchmark.txt, benchmark.json, benchmark-bf16.json, train-<backend>.jsonl (each run's metrics.jsonl).
 #
 # --cpu rehearses the same script where there is no GPU: a fresh virtual environment holding the packages of the
 # Python given by $PYTHON (default python3) except array-api-compat, array-api-strict and this project, which is
@@ -271,7 +272,7 @@ else
     BENCH=(--presets tiny --batch-size 4 --seq-len 32 --repeats 2 --infer-repeats 1 --warmup 1 --max-warmup 1
            --gemm-size 128 --gemm-repeats 1 --scatter-repeats 2 --pause 0 --burst-warmup 0 --timeout 120)
 fi
-T=$(( $(left) - 75 ))
+T=$(( $(left) - 135 ))      # 75 s kept for the bf16 benchmark, 60 s for the training runs
 if [ $T -lt 30 ]; then
     note "no time left for the benchmark"; STATUS=1
 else
@@ -284,6 +285,32 @@ else
         0) note "benchmark done: benchmark.json" ;;
         124|130|137) note "benchmark stopped by the ${T}s limit; finished presets are in benchmark.json"; STATUS=1 ;;
         *) note "benchmark exit $RC (a library failed?)"; STATUS=1 ;;
+    esac
+fi
+# bf16 mixed precision: each GPU backend's bf16 step beside its fp32 step, and torch's own (the Mini-BERT torch
+# backend on CUDA, and PyTorch under torch.autocast), on one preset; the text goes after the fp32 tables
+if [ "$MODE" = gpu ]; then
+    BF16=(--gpu --presets mini --repeats 6 --burst 3 --infer-repeats 0 --warmup 2 --max-warmup 4 --gemm-repeats 2
+          --scatter-repeats 1 --pause 0.05 --timeout 90)
+    BF16_BACKENDS=$LIST$(echo "$PROBE" | grep -q "^torch=ok .*CUDA" && echo ",torch")
+else
+    BF16=("${BENCH[@]}")
+    BF16_BACKENDS=$LIST$(echo "$PROBE" | grep -q "^torch=ok" && echo ",torch")
+fi
+T=$(( $(left) - 60 ))
+if [ $T -lt 30 ]; then
+    note "no time left for the bf16 benchmark"; STATUS=1
+else
+    note "bf16 benchmark: ${BF16[*]} --precision bf16 --backends $BF16_BACKENDS (limit ${T}s)"
+    (cd "$ROOT" && timeout -s INT -k 15 "$T" "$PY" scripts/benchmark.py "${BF16[@]}" --precision bf16 \
+        --backends "$BF16_BACKENDS" --reference-variants "${REFS:-eager:all}" \
+        --json "$OUTDIR/benchmark-bf16.json") > "$WORK/benchmark-bf16.txt"
+    RC=$?
+    cat "$WORK/benchmark-bf16.txt" | tee -a "$OUTDIR/benchmark.txt"
+    case $RC in
+        0) note "bf16 benchmark done: benchmark-bf16.json (its text appended to benchmark.txt)" ;;
+        124|130|137) note "bf16 benchmark stopped by the ${T}s limit"; STATUS=1 ;;
+        *) note "bf16 benchmark exit $RC (a library without bf16? see benchmark.txt)"; STATUS=1 ;;
     esac
 fi
 

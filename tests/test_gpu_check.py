@@ -82,8 +82,12 @@ def test_cpu_rehearsal_of_the_gpu_check(tmp_path, host):
     jax_line = next(line for line in log.splitlines() if line.strip().startswith("jax: ") and "passed" in line)
     assert int(jax_line.split()[1]) > 0 and " 0 failed" in jax_line
     assert "tests passed" in log and "benchmark done" in log and "training on jax done" in log
-    assert sorted(p.name for p in out.iterdir()) == ["benchmark.json", "benchmark.txt", "gpu_check.log",
-                                                     "pytest.log", "train-jax.jsonl"]
+    assert "bf16 benchmark done" in log and "bf16 against fp32, torch (its own fp32 step" in log
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark-bf16.json", "benchmark.json", "benchmark.txt",
+                                                     "gpu_check.log", "pytest.log", "train-jax.jsonl"]
+    bf16 = json.loads((out / "benchmark-bf16.json").read_text())
+    assert bf16["settings"]["precision"] == "bf16" and not bf16["results"]["tiny"]["errors"]
+    assert {"jax", "jax-fp32", "torch", "torch-fp32"} <= set(bf16["results"]["tiny"]["libraries"])
     report = json.loads((out / "benchmark.json").read_text())
     tiny = report["results"]["tiny"]
     assert not tiny["errors"] and set(tiny["libraries"]) == {"jax", "pytorch-eager"}
