@@ -8,6 +8,12 @@ the probabilities (token task: a tag per word). The text is tokenized with the m
     python scripts/predict.py path/to/bert-base-uncased "paris is the [MASK] of france."
     python scripts/predict.py runs/ft-20261129-120000 "Return the current event loop."
     python scripts/predict.py runs/ft-pairs "first text" --text-pair "second text"
+
+A whole file (`.txt` one text a line, `.csv`, `.tsv`, `.jsonl`), batched by length and streamed, written in the
+input's order to `.jsonl` or `.csv` with the throughput printed (minibert/predict_file.py):
+
+    python scripts/predict.py runs/ft-20261129-120000 --input reviews.csv --text-column review --output labels.csv
+    python scripts/predict.py runs/20261127-120000 --input masked.txt --output fills.jsonl --top-k 3
 """
 from __future__ import annotations
 
@@ -21,13 +27,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a directory written by scripts/train.py or scripts/finetune.py, or a "
                    "transformers BERT folder (config.json, model.safetensors, vocab.txt or tokenizer.json)")
-    p.add_argument("text", help="text with one or more [MASK] tokens (pretrained run), or a text to classify")
+    p.add_argument("text", nargs="?", help="text with one or more [MASK] tokens (pretrained run), or a text to "
+                   "classify (or --input FILE)")
     p.add_argument("--text-pair", help="the second text, for a run fine-tuned on sentence pairs")
     p.add_argument("--top-k", type=int, default=5, help="fills to show per [MASK] (default 5)")
     p.add_argument("--backend", help="array backend (default: $MINIBERT_BACKEND, else numpy)")
+    files = p.add_argument_group("a whole file")
+    files.add_argument("--input", metavar="FILE", help=".txt (one text a line), .csv, .tsv or .jsonl to predict")
+    files.add_argument("--output", metavar="FILE", help="where to write the predictions: .jsonl or .csv")
+    files.add_argument("--text-column", help="the text column of a .csv/.tsv/.jsonl input (default: the first of "
+                       "sentence, text)")
+    files.add_argument("--text-pair-column", help="the second text's column, for a model fine-tuned on pairs")
+    files.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    files.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                       help="a row that cannot be predicted: report its line and skip it (default), or stop")
+    files.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
+    if (args.input is None) == (args.text is None):
+        p.error("give a text, or --input FILE --output FILE (not both)")
+    if args.input is not None:
+        return _predict_file(p, args)
     try:
         if model_config(args.run_dir).task != "mlm":
             return _classify(args)
@@ -40,6 +61,29 @@ def main(argv=None) -> int:
         print(f"[MASK] #{n}:")
         for token, prob in candidates:
             print(f"  {prob:7.2%}  {token}")
+    return 0
+
+
+def _predict_file(parser, args) -> int:
+    from minibert.predict_file import check_paths, load_predictor, predict_file
+
+    if args.output is None:
+        parser.error("--input needs --output FILE (.jsonl or .csv)")
+    if args.text_pair is not None:
+        parser.error("--text-pair is for one text; with --input name the column: --text-pair-column")
+    try:
+        check_paths(args.input, args.output)            # before the model is loaded
+        predictor = load_predictor(args.run_dir, args.backend, args.top_k)
+        done = predict_file(predictor, args.input, args.output, batch_size=args.batch_size,
+                            text_column=args.text_column, text_pair_column=args.text_pair_column,
+                            on_error=args.on_error, progress=args.progress,
+                            log=lambda message: print(message, file=sys.stderr))
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:   # PredictionError, DataFileError: ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"predicted {done['predicted']} of {done['rows']} rows of {args.input} into {args.output} in "
+          f"{done['seconds']:.1f} s: {done['texts_per_s']:.0f} texts/s (backend {predictor.backend.name}, batch "
+          f"{args.batch_size}); skipped {done['skipped']} (reported above)")
     return 0
 
 
