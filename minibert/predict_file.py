@@ -308,9 +308,11 @@ class RecordWriter:
 
 def predict_file(predictor: Predictor, input_path: str, output_path: str, *, batch_size: int = 32,
                  text_column: str | None = None, text_pair_column: str | None = None, on_error: str = "skip",
-                 progress: bool = True, log: Callable = print) -> dict:
+                 progress: bool = True, log: Callable = print, sort_by_length: bool = True) -> dict:
     """Predict every row of `input_path` into `output_path` (see the module docstring); returns
-    {"rows", "predicted", "skipped", "seconds", "texts_per_s"}. PredictionError on a bad row under "stop"."""
+    {"rows", "predicted", "skipped", "seconds", "texts_per_s"}. PredictionError on a bad row under "stop".
+    `sort_by_length=False` batches the rows in the input's order (as transformers' pipeline does): the same
+    predictions, more padding."""
     if on_error not in ON_ERROR:
         raise ValueError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -337,7 +339,7 @@ def predict_file(predictor: Predictor, input_path: str, output_path: str, *, bat
         encoded = list(zip(chunk, predictor.encode(chunk)))
         good = [(i, row, enc) for i, (row, enc) in enumerate(encoded) if not isinstance(enc, str)]
         records: dict[int, dict] = {}
-        order = sorted(good, key=lambda item: len(item[2][0]))              # by length: little padding
+        order = sorted(good, key=lambda item: len(item[2][0])) if sort_by_length else good   # little padding
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             for (i, _, _), record in zip(batch, predictor.predict([r for _, r, _ in batch], [e for _, _, e in batch])):
