@@ -107,11 +107,11 @@ def fill_mask(text: str, config, params, tokenizer: WordPieceTokenizer, backend,
     return fills
 
 
-def evaluate_classifier(params, encoded: EncodedExamples, config: BertConfig, backend, batch_size: int,
-                        baseline: float | None) -> dict:
-    """Held-out metrics of a classifier on `encoded` (labelled examples, encoded): eval_loss (mean over labelled rows),
-    and accuracy + macro_f1 (classes), token_accuracy (+ span_f1/precision/recall for BIO tags) or
-    pearson + spearman (regression); `baseline` (majority-class accuracy) is added as baseline_accuracy."""
+def classifier_outputs(params, encoded: EncodedExamples, config: BertConfig, backend, batch_size: int
+                       ) -> tuple[float, np.ndarray, np.ndarray]:
+    """A classifier on `encoded` (labelled examples, encoded), in their order: (mean loss over the labelled rows,
+    logits as float64 [N, C] (token task: [N, T, C], every example padded to the longest), labels [N] (or [N, T],
+    -100 where not scored))."""
     metrics_fn = compiled(classify_metrics, config, backend)
     dtype = params["embeddings.word"].dtype
     batcher = FinetuneBatcher(encoded, min(batch_size, len(encoded)), 0, shuffle=False,
@@ -125,30 +125,49 @@ def evaluate_classifier(params, encoded: EncodedExamples, config: BertConfig, ba
         count += float(np.sum(batch["labels"] != IGNORE_LABEL))      # regression targets are never -100
         outputs.append(backend.to_numpy(logits).astype(np.float64))
         labels.append(batch["labels"])
-    metrics = {"eval_loss": total_loss / count, "eval_examples": len(encoded)}
+    return total_loss / count, np.concatenate(outputs), np.concatenate(labels)
+
+
+def evaluate_classifier(params, encoded: EncodedExamples, config: BertConfig, backend, batch_size: int,
+                        baseline: float | None) -> dict:
+    """Held-out metrics of a classifier on `encoded` (labelled examples, encoded): eval_loss (mean over labelled rows),
+    and accuracy + macro_f1 (classes), token_accuracy (+ span_f1/precision/recall for BIO tags) or
+    pearson + spearman (regression); `baseline` (majority-class accuracy) is added as baseline_accuracy."""
+    loss, logits, targets = classifier_outputs(params, encoded, config, backend, batch_size)
+    return classifier_metrics(loss, logits, targets, config, len(encoded), baseline)
+
+
+def classifier_metrics(loss: float, logits, targets, config: BertConfig, examples: int, baseline: float | None
+                       ) -> dict:
+    """The metrics of `evaluate_classifier` from `classifier_outputs`."""
+    metrics = {"eval_loss": loss, "eval_examples": examples}
     if config.problem_type == "regression":
-        predictions, targets = np.concatenate(outputs)[:, 0], np.concatenate(labels)
+        predictions = logits[:, 0]
         for name, fn in (("pearson", pearson), ("spearman", spearman)):
             try:
                 metrics[name] = fn(predictions, targets)
             except ValueError:            # a constant prediction (or target) has no correlation
                 metrics[name] = None
         return metrics
+    predictions = logits.argmax(-1)
     if config.task == "sequence":
-        predictions, targets = np.concatenate(outputs).argmax(-1), np.concatenate(labels)
         metrics.update(accuracy=accuracy(predictions, targets), macro_f1=macro_f1(predictions, targets))
     else:
-        rows = [(p.argmax(-1), t) for out, lab in zip(outputs, labels) for p, t in zip(out, lab)]
-        metrics["token_accuracy"] = token_accuracy(np.concatenate([p for p, _ in rows]),
-                                                   np.concatenate([t for _, t in rows]))
+        metrics["token_accuracy"] = token_accuracy(predictions.ravel(), targets.ravel())
         if is_bio_tagset(list(config.id2label.values())):
-            true_tags = [[config.id2label[int(i)] for i in t[t != IGNORE_LABEL]] for _, t in rows]
-            predicted = [[config.id2label[int(i)] for i in p[t != IGNORE_LABEL]] for p, t in rows]
+            true_tags, predicted = scored_tags(predictions, targets, config)
             spans = span_f1(true_tags, predicted)
             metrics.update(span_f1=spans["f1"], span_precision=spans["precision"], span_recall=spans["recall"])
     if baseline is not None:
         metrics["baseline_accuracy"] = baseline
     return metrics
+
+
+def scored_tags(predictions, targets, config: BertConfig) -> tuple[list[list[str]], list[list[str]]]:
+    """Per example, the true and the predicted tag names at its scored positions (each word's first piece)."""
+    true_tags = [[config.id2label[int(i)] for i in t[t != IGNORE_LABEL]] for t in targets]
+    predicted = [[config.id2label[int(i)] for i in p[t != IGNORE_LABEL]] for p, t in zip(predictions, targets)]
+    return true_tags, predicted
 
 
 def summarize(metrics: dict) -> str:

@@ -101,6 +101,51 @@ def span_f1(true_tags: Sequence[Sequence[str]], predicted_tags: Sequence[Sequenc
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+def per_class(predictions, labels, names: Sequence[str]) -> list[dict]:
+    """One row per class id 0..len(names)-1, scored positions only (label != -100): precision = TP / (TP + FP),
+    recall = TP / (TP + FN), F1 = 2 TP / (2 TP + FP + FN) (each 0 when undefined, as sklearn with
+    zero_division=0) and support = TP + FN (the class's true count)."""
+    predictions, labels = _paired(predictions, labels)
+    scored = labels != IGNORE_LABEL
+    predictions, labels = predictions[scored], labels[scored]
+    rows = []
+    for cls, name in enumerate(names):
+        tp = int(np.sum((predictions == cls) & (labels == cls)))
+        fp = int(np.sum((predictions == cls) & (labels != cls)))
+        fn = int(np.sum((predictions != cls) & (labels == cls)))
+        rows.append({"class": name, "precision": tp / (tp + fp) if tp + fp else 0.0,
+                     "recall": tp / (tp + fn) if tp + fn else 0.0,
+                     "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, "support": tp + fn})
+    return rows
+
+
+def confusion_matrix(predictions, labels, num_classes: int) -> np.ndarray:
+    """counts[true, predicted] over the scored positions (label != -100), int64 [C, C]."""
+    predictions, labels = _paired(predictions, labels)
+    scored = labels != IGNORE_LABEL
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels[scored].astype(np.int64), predictions[scored].astype(np.int64)), 1)
+    return counts
+
+
+def span_f1_by_type(true_tags: Sequence[Sequence[str]], predicted_tags: Sequence[Sequence[str]]) -> list[dict]:
+    """`span_f1` for each chunk type alone (seqeval's classification_report): one row per type that occurs in
+    the truth or the predictions, with support = its true chunks."""
+    true_chunks = {(i, *chunk) for i, tags in enumerate(true_tags) for chunk in get_entities(tags)}
+    predicted_chunks = {(i, *chunk) for i, tags in enumerate(predicted_tags) for chunk in get_entities(tags)}
+    rows = []
+    for type_ in sorted({chunk[1] for chunk in true_chunks | predicted_chunks}):
+        truth = {c for c in true_chunks if c[1] == type_}
+        predicted = {c for c in predicted_chunks if c[1] == type_}
+        correct = len(truth & predicted)
+        precision = correct / len(predicted) if predicted else 0.0
+        recall = correct / len(truth) if truth else 0.0
+        rows.append({"type": type_, "precision": precision, "recall": recall,
+                     "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                     "support": len(truth)})
+    return rows
+
+
 def is_bio_tagset(tags: Sequence[str]) -> bool:
     """Whether every tag is "O" or "B-x"/"I-x"/"E-x"/"S-x" (so that span F1 means something)."""
     return all(tag == "O" or (len(tag) > 2 and tag[0] in "BIES" and tag[1] == "-") for tag in tags)

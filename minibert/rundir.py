@@ -161,8 +161,14 @@ class FollowerRunDir(RunDir):
         pass
 
 
+# held-out metrics drawn under the losses when a run records them (fine-tuning; eval_accuracy: pretraining)
+PLOTTED_METRICS = ("accuracy", "macro_f1", "token_accuracy", "span_f1", "pearson", "spearman", "eval_accuracy",
+                   "baseline_accuracy")
+
+
 def plot_metrics(run_dir: Path) -> None:
-    """loss.png: training loss (and its running mean) and held-out loss against step."""
+    """loss.png: training loss (and its running mean) and held-out loss against step; below them, the held-out
+    metrics the run records (accuracy, macro-F1, span F1, correlations, the majority-class baseline)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,7 +176,20 @@ def plot_metrics(run_dir: Path) -> None:
     records = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    curves = {name: [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
+              for name in PLOTTED_METRICS}
+    curves = {name: points for name, points in curves.items() if points}
+    if curves:
+        fig, (ax, below) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, height_ratios=(3, 2))
+        for name, points in curves.items():
+            style = "--" if name == "baseline_accuracy" else "o-"
+            below.plot(*zip(*points), style, label=name.replace("_", " "))
+        below.set_xlabel("step")
+        below.set_ylabel("held-out metric")
+        below.grid(alpha=0.3)
+        below.legend(fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         steps, losses = map(np.asarray, zip(*train))
         ax.plot(steps, losses, color="0.75", linewidth=0.8, label="train loss")
@@ -179,7 +198,8 @@ def plot_metrics(run_dir: Path) -> None:
         ax.plot(steps[window - 1:], smooth, color="C0", label=f"train loss ({window}-step mean)")
     if evals:
         ax.plot(*zip(*evals), "o-", color="C1", label="held-out loss")
-    ax.set_xlabel("step")
+    if not curves:
+        ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
     ax.grid(alpha=0.3)
     ax.legend()

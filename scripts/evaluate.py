@@ -6,6 +6,7 @@ columns it was fine-tuned with).
 
     python scripts/evaluate.py runs/20261127-120000 [--backend jax] [--json out.json]
     python scripts/evaluate.py runs/ft-20261129-120000 --eval test.tsv
+    python scripts/evaluate.py runs/ft-20261129-120000 --eval test.tsv --report report/   # per class, confusion, errors
     python scripts/evaluate.py path/to/bert-base-uncased [--corpus FILES...] [--seq-len 128]
 
 A transformers masked LM (BertForMaskedLM, BertForPreTraining) is evaluated the same way, with its own tokenizer,
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--backend", help="array backend (default: $MINIBERT_BACKEND, else numpy)")
     p.add_argument("--eval-batches", type=int, default=0, help="held-out batches to use (default 0 = all)")
     p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    p.add_argument("--report", metavar="DIR", help="fine-tuned run: write report.json (per-class precision, recall, "
+                   "F1, support; per-type span F1 for BIO tags), confusion.png and errors.csv into DIR")
     p.add_argument("--corpus", nargs="+", metavar="FILE", help="transformers folder: text files to take the "
                    "held-out split from (default: the embedded corpus); a run uses its own corpus")
     p.add_argument("--seq-len", type=int, default=128, help="transformers folder: sequence length (default 128)")
@@ -44,9 +47,10 @@ def main(argv=None) -> int:
                                  "runs (its columns and label map come from the run): fine-tune from it with "
                                  "scripts/finetune.py --init-from, or use predict.py on texts")
             return _evaluate_classifier(args)
-        if args.eval is not None:
-            raise ValueError(f"--eval applies to fine-tuned runs; {args.run_dir} is a masked LM (evaluated "
-                             "on a corpus's held-out split)")
+        for flag, value in (("--eval", args.eval), ("--report", args.report)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to fine-tuned runs; {args.run_dir} is a masked LM (evaluated "
+                                 "on a corpus's held-out split)")
         if run and args.corpus:
             raise ValueError(f"--corpus applies to transformers folders; the run {args.run_dir} is evaluated on "
                              "its own corpus")
@@ -81,7 +85,8 @@ def main(argv=None) -> int:
 
 def _evaluate_classifier(args) -> int:
     from minibert.finetune import encode, load_task
-    from minibert.inference import evaluate_classifier, load_classifier_run, summarize
+    from minibert.inference import classifier_metrics, classifier_outputs, load_classifier_run, summarize
+    from minibert.report import table_lines, write_report
 
     settings, config, params, tokenizer, backend, max_len = load_classifier_run(args.run_dir, args.backend)
     data = load_task(settings, args.eval)
@@ -93,7 +98,8 @@ def _evaluate_classifier(args) -> int:
     if encoded.num_truncated:
         print(f"truncated {encoded.num_truncated} of {len(encoded)} examples to {max_len} tokens")
     baseline = None if data.regression else data.majority_baseline()
-    metrics = evaluate_classifier(params, encoded, config, backend, settings.batch_size, baseline)
+    loss, logits, targets = classifier_outputs(params, encoded, config, backend, settings.batch_size)
+    metrics = classifier_metrics(loss, logits, targets, config, len(encoded), baseline)
     print(f"run:  {args.run_dir}  (backend {backend.name})")
     print(f"data: {args.eval or settings.eval or 'the built-in task held-out split'} ({len(encoded)} examples)")
     for name, value in metrics.items():
@@ -101,6 +107,12 @@ def _evaluate_classifier(args) -> int:
     print(summarize(metrics))
     if args.json:
         atomic_write_json(args.json, metrics)
+    if args.report:
+        report = write_report(args.report, data.eval, encoded, logits, targets, config, metrics)
+        print("")
+        print("\n".join(table_lines(report)).rstrip())
+        print(f"report: {args.report}/report.json, errors.csv ({report['errors']} rows)"
+              + ("" if config.problem_type == "regression" else ", confusion.png"))
     return 0
 
 

@@ -203,3 +203,19 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_picture(path, min_width: int = 200, min_height: int = 200) -> "np.ndarray":
+    """`path` is a PNG at least `min_width` x `min_height` pixels that is not blank (its pixels vary: more than 1%
+    of them differ from the most common colour); returns its pixels [H, W, channels]."""
+    import matplotlib.image
+
+    path = Path(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pixels = matplotlib.image.imread(str(path))
+    height, width = pixels.shape[:2]
+    assert width >= min_width and height >= min_height, f"{path} is {width}x{height}, smaller than expected"
+    flat = pixels.reshape(height * width, -1)
+    colours, counts = np.unique(flat, axis=0, return_counts=True)
+    assert counts.max() < 0.99 * len(flat), f"{path} is blank: {counts.max() / len(flat):.1%} of it one colour"
+    return pixels

@@ -1,6 +1,7 @@
-"""Batch prediction over files (minibert/predict_file.py, `predict.py --input FILE --output FILE`): the same outputs
-as the one-text predictions for sequence, token and masked-LM models, every input format, bad rows reported by line
-(skipped or stopping the run, never dropped silently), and the script's throughput line."""
+"""Using a trained model on files: batch prediction (minibert/predict_file.py, `predict.py --input FILE --output
+FILE`) with the same outputs as the one-text predictions for sequence, token and masked-LM models, every input format,
+bad rows reported by line (skipped or stopping the run, never dropped silently), the script's throughput line; and
+the evaluation report (`evaluate.py RUN --report DIR`) with its confusion matrix, and the fine-tuning loss.png."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,7 @@ import pytest
 
 from minibert.inference import fill_mask, load_classifier_run, load_run, predict_text
 from minibert.predict_file import PredictionError, load_predictor, predict_file
-from support import TINY_RUN, run_script
+from support import TINY_RUN, assert_picture, run_script
 from test_finetune import TINY, conll_sentences, finetune, sentiment_rows, write_conll, write_tsv
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,8 @@ def runs(script_env, tmp_path_factory):
     train, dev = write_tsv(root / "train.tsv", sentiment_rows(48, 0)), write_tsv(root / "dev.tsv", sentiment_rows(8, 1))
     tokens = write_conll(root / "train.conll", conll_sentences(40, 6))
     tokens_dev = write_conll(root / "dev.conll", conll_sentences(8, 7))
-    made = {"sequence": root / "seq", "token": root / "tok", "mlm": root / "mlm"}
+    made = {"sequence": root / "seq", "token": root / "tok", "mlm": root / "mlm", "dev": dev,
+            "tok_dev": tokens_dev}
     for args in ((*TINY, "--train", train, "--eval", dev, "--epochs", "2", "--out", made["sequence"]),
                  (*TINY, "--task", "token", "--train", tokens, "--eval", tokens_dev, "--epochs", "2", "--out",
                   made["token"])):
@@ -152,3 +154,49 @@ def test_compare_predict_script_runs_both_sides_and_they_agree(script_env):
     result = run_script(script_env, "compare_predict.py", "--preset", "tiny", "--texts", "40", "--repeats", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "time ratio against the pipeline" in result.stdout and "same label on 100.0% of the texts" in result.stdout
+
+
+def _csv_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluation_report_of_a_sequence_run(script_env, runs, tmp_path):
+    out = tmp_path / "report"
+    result = run_script(script_env, "evaluate.py", runs["sequence"], "--eval", runs["dev"], "--report", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "class" in result.stdout and "weighted avg" in result.stdout and "confusion.png" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    examples, metrics = report["examples"], report["metrics"]
+    counts = np.array(report["confusion"]["counts"])
+    assert report["confusion"]["labels"] == ["neg", "pos"] and counts.sum() == examples == 8
+    assert [c["support"] for c in report["classes"]] == counts.sum(1).tolist()
+    assert np.trace(counts) / examples == pytest.approx(metrics["accuracy"])
+    assert np.mean([c["f1"] for c in report["classes"]]) == pytest.approx(metrics["macro_f1"])
+    errors = _csv_rows(out / "errors.csv")
+    assert len(errors) == report["errors"] == examples - np.trace(counts)
+    assert all(e["gold"] != e["predicted"] and float(e["p(predicted)"]) >= float(e["p(gold)"]) for e in errors)
+    assert_picture(out / "confusion.png", 300, 300)
+    assert_picture(runs["sequence"] / "loss.png", 600, 600)      # losses above, held-out accuracy and F1 below
+
+
+def test_evaluation_report_of_a_token_run_has_per_type_spans(script_env, runs, tmp_path):
+    out = tmp_path / "report"
+    result = run_script(script_env, "evaluate.py", runs["token"], "--eval", runs["tok_dev"], "--report", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "span type" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    counts = np.array(report["confusion"]["counts"])
+    words = sum(len(s) for s in conll_sentences(8, 7))
+    assert counts.sum() == words and sorted(report["confusion"]["labels"]) == ["B-PER", "I-PER", "O"]
+    assert np.trace(counts) / words == pytest.approx(report["metrics"]["token_accuracy"])
+    [per] = report["spans"]
+    assert per["type"] == "PER" and per["support"] == 8 and per["f1"] == pytest.approx(report["metrics"]["span_f1"])
+    assert len(_csv_rows(out / "errors.csv")) == words - np.trace(counts)
+    assert_picture(out / "confusion.png", 300, 300)
+
+
+def test_report_is_refused_for_a_masked_lm(script_env, runs, tmp_path):
+    result = run_script(script_env, "evaluate.py", runs["mlm"], "--report", tmp_path / "r")
+    assert result.returncode == 2 and "--report applies to fine-tuned runs" in result.stderr
+    assert not (tmp_path / "r").exists()
