@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from minibert.inference import fill_mask, load_run, model_config
 
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--text-pair", help="the second text, for a run fine-tuned on sentence pairs")
     p.add_argument("--top-k", type=int, default=5, help="fills to show per [MASK] (default 5)")
     p.add_argument("--backend", help="array backend (default: $MINIBERT_BACKEND, else numpy)")
+    p.add_argument("--attention", metavar="PNG", help="one text: also draw every layer x head attention map over "
+                   "its tokens into PNG (minibert/attention_maps.py)")
     files = p.add_argument_group("a whole file")
     files.add_argument("--input", metavar="FILE", help=".txt (one text a line), .csv, .tsv or .jsonl to predict")
     files.add_argument("--output", metavar="FILE", help="where to write the predictions: .jsonl or .csv")
@@ -48,20 +51,37 @@ def main(argv=None) -> int:
     if (args.input is None) == (args.text is None):
         p.error("give a text, or --input FILE --output FILE (not both)")
     if args.input is not None:
+        if args.attention:
+            p.error("--attention draws the maps of one text; give a text instead of --input")
         return _predict_file(p, args)
+    if args.attention and not args.attention.lower().endswith(".png"):
+        p.error(f"--attention must name a .png file, got {args.attention!r}")
     try:
         if model_config(args.run_dir).task != "mlm":
-            return _classify(args)
-        config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
-        fills = fill_mask(args.text, config, params, tokenizer, backend, args.top_k)
+            loaded = _classify(args)
+        else:
+            config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
+            fills = fill_mask(args.text, config, params, tokenizer, backend, args.top_k)
+            for n, candidates in enumerate(fills, 1):
+                print(f"[MASK] #{n}:")
+                for token, prob in candidates:
+                    print(f"  {prob:7.2%}  {token}")
+            loaded = config, params, tokenizer, backend, config.max_position
+        if args.attention:
+            _draw_attention(args, *loaded)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:   # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for n, candidates in enumerate(fills, 1):
-        print(f"[MASK] #{n}:")
-        for token, prob in candidates:
-            print(f"  {prob:7.2%}  {token}")
     return 0
+
+
+def _draw_attention(args, config, params, tokenizer, backend, max_len) -> None:
+    from minibert.attention_maps import attention_maps, plot_attention
+
+    tokens, probs = attention_maps(args.text, config, params, tokenizer, backend, args.text_pair, max_len)
+    plot_attention(tokens, probs, args.attention, f"{Path(args.run_dir).name}: row = the token that attends")
+    print(f"attention maps: {args.attention} ({probs.shape[0]} layers x {probs.shape[1]} heads over "
+          f"{len(tokens)} tokens)")
 
 
 def _predict_file(parser, args) -> int:
@@ -87,7 +107,8 @@ def _predict_file(parser, args) -> int:
     return 0
 
 
-def _classify(args) -> int:
+def _classify(args) -> tuple:
+    """Print the classifier's prediction for the text; return (config, params, tokenizer, backend, max_len)."""
     from minibert.inference import load_classifier_run, predict_text
 
     settings, config, params, tokenizer, backend, max_len = load_classifier_run(args.run_dir, args.backend)
@@ -96,18 +117,19 @@ def _classify(args) -> int:
                          "pass the second text with --text-pair" if args.text_pair is None else
                          f"{args.run_dir} was fine-tuned on single texts: --text-pair does not apply")
     predictions = predict_text(args.text, config, params, tokenizer, backend, max_len, args.text_pair)
+    loaded = config, params, tokenizer, backend, max_len
     if config.task == "token":
         for word, (tag, probs) in zip(args.text.split(), predictions):
             print(f"{word}\t{tag or '(truncated)'}" + (f"\t{probs[tag]:.2%}" if tag else ""))
-        return 0
+        return loaded
     label, probs = predictions[0]
     if config.problem_type == "regression":
         print(f"predicted value: {label}")
-        return 0
+        return loaded
     print(f"label: {label}")
     for name, prob in sorted(probs.items(), key=lambda item: -item[1])[:args.top_k]:
         print(f"  {prob:7.2%}  {name}")
-    return 0
+    return loaded
 
 
 if __name__ == "__main__":

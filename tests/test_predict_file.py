@@ -200,3 +200,15 @@ def test_report_is_refused_for_a_masked_lm(script_env, runs, tmp_path):
     result = run_script(script_env, "evaluate.py", runs["mlm"], "--report", tmp_path / "r")
     assert result.returncode == 2 and "--report applies to fine-tuned runs" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["mlm", "sequence"])
+def test_attention_maps_are_drawn_for_one_text(script_env, runs, tmp_path, kind):
+    text = "the [MASK] film was great fun" if kind == "mlm" else "a wonderful film so"
+    picture = tmp_path / "attn.png"
+    result = run_script(script_env, "predict.py", runs[kind], text, "--attention", picture)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "attention maps: " in result.stdout and "2 layers x 2 heads over" in result.stdout
+    assert_picture(picture, 300, 300)
+    refused = run_script(script_env, "predict.py", runs[kind], text, "--attention", tmp_path / "attn.jpg")
+    assert refused.returncode == 2 and "--attention must name a .png file" in refused.stderr

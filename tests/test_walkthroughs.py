@@ -13,11 +13,10 @@ import time
 
 import pytest
 
-from support import ROOT, finish, start
+from support import ROOT, assert_picture, finish, start
 
 WALKTHROUGHS = sorted((ROOT / "walkthroughs").glob("*.py"))
 GUIDE = sorted((ROOT / "docs" / "guide").glob("*.md")) + [ROOT / "walkthroughs" / "README.md"]
-PNG = b"\x89PNG\r\n\x1a\n"
 
 # name: (files it must leave in $MINIBERT_WALKTHROUGH_OUT, a line it must print)
 EXPECTED = {
@@ -27,6 +26,7 @@ EXPECTED = {
     "04_one_training_step.py": ([], "make_train_step gives the same parameters"),
     "05_fill_mask.py": (["fill-mask-run/latest", "fill-mask-run/vocab.txt", "fill-mask-run/loss.png"],
                         "fill_mask == softmax of mlm_logits at the [MASK]"),
+    "06_attention_maps.py": (["attention-maps.png", "attention-run/latest"], "layer 0 by hand == attention_maps"),
 }
 
 
@@ -59,8 +59,9 @@ def test_walkthrough_runs_and_leaves_its_outputs(path, script_env, tmp_path):
     for name in files:
         assert (tmp_path / name).is_file(), f"{path.name} did not write {name}"
         if name.endswith(".png"):
-            assert (tmp_path / name).read_bytes()[:8] == PNG
-    assert not any(p.name in ("attention.png", "fill-mask-run") for p in ROOT.iterdir()), "wrote into the repo"
+            assert_picture(tmp_path / name, 300, 250)
+    assert not any(p.name in ("attention.png", "fill-mask-run", "attention-maps.png", "attention-run")
+                   for p in ROOT.iterdir()), "wrote into the repo"
     if path.name == "05_fill_mask.py":   # the other branch: an existing run given as an argument
         again = run_walkthrough(path, script_env, tmp_path / "second", tmp_path / "fill-mask-run")
         assert "using the run in" in again and line in again
