@@ -27,6 +27,9 @@ EXPECTED = {
     "05_fill_mask.py": (["fill-mask-run/latest", "fill-mask-run/vocab.txt", "fill-mask-run/loss.png"],
                         "fill_mask == softmax of mlm_logits at the [MASK]"),
     "06_attention_maps.py": (["attention-maps.png", "attention-run/latest"], "layer 0 by hand == attention_maps"),
+    "07_data_parallel.py": ([], "four devices == one device"),
+    "08_classification_head.py": ([], "head backward == finite differences"),
+    "09_small_budget_sweep.py": (["sweep/sweep.png", "sweep/lr-0.002/latest"], "best peak rate: "),
 }
 
 
@@ -60,8 +63,12 @@ def test_walkthrough_runs_and_leaves_its_outputs(path, script_env, tmp_path):
         assert (tmp_path / name).is_file(), f"{path.name} did not write {name}"
         if name.endswith(".png"):
             assert_picture(tmp_path / name, 300, 250)
-    assert not any(p.name in ("attention.png", "fill-mask-run", "attention-maps.png", "attention-run")
+    assert not any(p.name in ("attention.png", "fill-mask-run", "attention-maps.png", "attention-run", "sweep")
                    for p in ROOT.iterdir()), "wrote into the repo"
+    if path.name == "07_data_parallel.py":
+        assert "all-reduce ops on four devices: " in stdout
+    if path.name == "08_classification_head.py" and "transformers comparison skipped" not in stdout:
+        assert "gradients == transformers'" in stdout
     if path.name == "05_fill_mask.py":   # the other branch: an existing run given as an argument
         again = run_walkthrough(path, script_env, tmp_path / "second", tmp_path / "fill-mask-run")
         assert "using the run in" in again and line in again
