@@ -37,6 +37,7 @@ INPUT_EXTENSIONS = (".txt", ".csv", ".tsv", ".jsonl")
 OUTPUT_EXTENSIONS = (".jsonl", ".csv")
 ON_ERROR = ("skip", "stop")
 CHUNK_BATCHES = 16        # batches tokenized, sorted by length and predicted at a time
+SHAPE_STEP = 32           # static-shape backends: batch widths rounded up to a multiple of this
 
 
 @dataclass(frozen=True)
@@ -214,12 +215,18 @@ class Predictor:
                 out[i] = (encoded.input_ids[n], encoded.token_type_ids[n])
         return out
 
-    def predict(self, rows: list[Row], encodings: list) -> list[dict]:
-        """One record per row (rows of one batch, every one encoded)."""
-        width = max(len(ids) for ids, _ in encodings)
-        ids = np.full((len(rows), width), self.tokenizer.pad_id, np.int32)
-        mask = np.zeros((len(rows), width), np.int32)
-        types = np.zeros((len(rows), width), np.int32)
+    def predict(self, rows: list[Row], encodings: list, batch_size: int | None = None) -> list[dict]:
+        """One record per row (rows of one batch, every one encoded). On a backend that compiles for every new
+        shape (JAX: `static_shapes`) the batch is padded to `batch_size` rows and its width up to a multiple of
+        SHAPE_STEP tokens, so a whole file compiles a few programs, not one per batch."""
+        width, count = max(len(ids) for ids, _ in encodings), len(rows)
+        if self.backend.static_shapes:
+            width = min(-(-width // SHAPE_STEP) * SHAPE_STEP, self.config.max_position)
+            count = max(count, batch_size or count)
+        ids = np.full((count, width), self.tokenizer.pad_id, np.int32)
+        mask = np.zeros((count, width), np.int32)
+        types = np.zeros((count, width), np.int32)
+        mask[len(rows):, 0] = 1                     # padding rows (static shapes): one token, never read
         for r, (row_ids, extra) in enumerate(encodings):
             ids[r, :len(row_ids)], mask[r, :len(row_ids)] = row_ids, 1
             if self.kind in ("sequence", "regression"):
@@ -342,7 +349,8 @@ def predict_file(predictor: Predictor, input_path: str, output_path: str, *, bat
         order = sorted(good, key=lambda item: len(item[2][0])) if sort_by_length else good   # little padding
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            for (i, _, _), record in zip(batch, predictor.predict([r for _, r, _ in batch], [e for _, _, e in batch])):
+            predicted = predictor.predict([r for _, r, _ in batch], [e for _, _, e in batch], batch_size)
+            for (i, _, _), record in zip(batch, predicted):
                 records[i] = record
         for i, (row, enc) in enumerate(encoded):
             if isinstance(enc, str):

@@ -212,3 +212,18 @@ def test_attention_maps_are_drawn_for_one_text(script_env, runs, tmp_path, kind)
     assert_picture(picture, 300, 300)
     refused = run_script(script_env, "predict.py", runs[kind], text, "--attention", tmp_path / "attn.jpg")
     assert refused.returncode == 2 and "--attention must name a .png file" in refused.stderr
+
+
+def test_every_backend_predicts_a_file_as_numpy_does(runs, tmp_path, backend):
+    """On every backend, padding included (JAX pads batches to fixed shapes): the same labels and probabilities."""
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS * 3) + "\n", encoding="utf-8")
+    outputs = {}
+    for name in ("numpy", backend.name):
+        out = tmp_path / f"{name}.jsonl"
+        predict_file(load_predictor(str(runs["sequence"]), name), str(source), str(out), batch_size=4,
+                     progress=False)
+        outputs[name] = _lines(out)
+    assert [r["label"] for r in outputs[backend.name]] == [r["label"] for r in outputs["numpy"]]
+    for ours, ref in zip(outputs[backend.name], outputs["numpy"]):
+        assert ours["probabilities"] == pytest.approx(ref["probabilities"], abs=1e-5)
