@@ -30,6 +30,7 @@ EXPECTED = {
     "07_data_parallel.py": ([], "four devices == one device"),
     "08_classification_head.py": ([], "head backward == finite differences"),
     "09_small_budget_sweep.py": (["sweep/sweep.png", "sweep/lr-0.002/latest"], "best peak rate: "),
+    "10_gelu_and_cross_entropy.py": ([], "cross-entropy backward == finite differences"),
 }
 
 
