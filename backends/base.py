@@ -21,12 +21,12 @@ class Backend:
                pad the MLM head's rows to a few bucket sizes; elsewhere they keep the exact count.
       supports_float64: whether float64 arrays can be made here.
       low_precision: the narrow float dtypes ("bfloat16", "float16") this backend computes matmuls in, which
-               mixed precision needs (`minibert.precision`); empty where it has none worth using.
+               mixed precision needs (`minibert.nn.precision`); empty where it has none worth using.
       on_gpu: whether arrays live on a GPU (so timings need `synchronize` and memory is the device's).
       data_shards: devices a training batch is split over by rows (1: one device; see `data_parallel`).
       row_threads: threads a training step splits each batch's rows over on this one device (1: none); each
                computes its rows' share of the loss and gradients and `thread_map` runs them at once (the numpy
-               backend on a multi-core CPU; see minibert/step.py and backends/numpy_backend.py).
+               backend on a multi-core CPU; see minibert/nn/step.py and backends/numpy_backend.py).
 
     Random numbers are functional: `key(seed)` makes a key, `fold_in(key, n)` derives an independent one,
     `uniform(key, shape, dtype)` draws from [0, 1). The same keys work inside `jit`.

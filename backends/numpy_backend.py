@@ -14,7 +14,7 @@ from backends.base import Backend
 
 class NumpyBackend(Backend):
     """NumPy on the CPU. With `row_threads` > 1 a training step splits each batch's rows over that many threads
-    (minibert/step.py), which `thread_map` runs at once, each with single-threaded BLAS: NumPy's elementwise work
+    (minibert/nn/step.py), which `thread_map` runs at once, each with single-threaded BLAS: NumPy's elementwise work
     (GELU, softmax, LayerNorm, dropout, ...) runs on one core per call, so splitting the rows keeps every core busy
     for all of the step instead of only in the GEMMs. Measured, mini preset B32 T128 on 2 cores: forward +
     backward 600 ms on one thread with 2-thread BLAS, 505 ms on two row threads (the single-threaded 980 ms

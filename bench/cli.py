@@ -21,7 +21,7 @@ CPU_PRESETS = ("seed", "mini")
 GPU_PRESETS = ("mini", "small")
 MINIBERT_BACKENDS = ("numpy", "jax", "cupy", "torch", "strict")
 LOW_PRECISIONS = ("bf16", "fp16")
-NO_LOW_PRECISION = ("numpy", "strict")       # backends that refuse --precision bf16/fp16 (see minibert.precision)
+NO_LOW_PRECISION = ("numpy", "strict")       # backends that refuse --precision bf16/fp16 (see minibert.nn.precision)
 
 
 def parse_args(argv=None):

@@ -11,20 +11,20 @@ from bench.flops import make_host_batch, model_config
 from bench.probes import _peak_rss_bytes, _rss_bytes
 
 
-MINIBERT_MODULES = ("minibert.api", "minibert.model", "minibert.step")    # imported by a worker before anything is timed
+MINIBERT_MODULES = ("minibert.api", "minibert.nn.model", "minibert.nn.step")    # imported by a worker before anything is timed
 
 
 def build_step_and_inference(config, be, precision="fp32"):
-    """The two Mini-BERT functions a runner times: the training step (minibert.step, AdamW as the reference's,
+    """The two Mini-BERT functions a runner times: the training step (minibert.nn.step, AdamW as the reference's,
     under the `precision` policy) and the compiled inference forward (float32), for the config's task: masked LM
     (`forward_backward`, `logits_all`) or sequence classification (`classify_forward_backward`,
     `classify_logits_all`). The only place the benchmark calls into Mini-BERT's model API."""
     from minibert.api import compiled_logits
-    from minibert.classify import classify_forward_backward, classify_logits_all
-    from minibert.model import forward_backward, label_count, logits_all
-    from minibert.optim import AdamWConfig
-    from minibert.precision import precision_policy
-    from minibert.step import make_train_step
+    from minibert.nn.classify import classify_forward_backward, classify_logits_all
+    from minibert.nn.model import forward_backward, label_count, logits_all
+    from minibert.nn.optim import AdamWConfig
+    from minibert.nn.precision import precision_policy
+    from minibert.nn.step import make_train_step
 
     loss_and_grads, forward = ((forward_backward, logits_all) if config.task == "mlm"
                                else (classify_forward_backward, classify_logits_all))
@@ -37,8 +37,8 @@ def build_step_and_inference(config, be, precision="fp32"):
 
 def device_arrays(host, config, be):
     """The benchmark's host batch checked and moved to backend `be` as the task's step reads it."""
-    from minibert.batch import check_batch, device_batch
-    from minibert.classify_batch import check_classify_batch, classify_device_batch
+    from minibert.data.batch import check_batch, device_batch
+    from minibert.data.classify_batch import check_classify_batch, classify_device_batch
     if config.task == "mlm":
         return device_batch(check_batch(host, config), be, "float32")
     return classify_device_batch(check_classify_batch(host, config), be, "float32")
@@ -60,7 +60,7 @@ class Runner:
 
 
 class MinibertRunner(Runner):
-    """Mini-BERT on one backend: the jitted (JAX) or eager training step from minibert.step."""
+    """Mini-BERT on one backend: the jitted (JAX) or eager training step from minibert.nn.step."""
 
     def __init__(self, spec):
         import numpy as np
@@ -81,9 +81,9 @@ class MinibertRunner(Runner):
         self.memory = be.track_peak_memory()
         self.memory.start()
 
-        from minibert.optim import init_state
+        from minibert.nn.optim import init_state
         from minibert.params import init_params
-        from minibert.precision import PRECISIONS, init_loss_scale
+        from minibert.nn.precision import PRECISIONS, init_loss_scale
 
         self.config = config = model_config(spec["preset"], spec["vocab"], spec["dropout"], spec["task"])
         host = make_host_batch(config, spec["batch"], spec["seq"])
@@ -189,7 +189,7 @@ class ReferenceRunner(Runner):
 
         from backends.torch_backend import TorchPeakMemory
 
-        from minibert.hf import config_to_transformers
+        from minibert.interop.hf import config_to_transformers
         self.spec, self.torch, self.np = spec, torch, np
         if spec["gpu"]:
             if not torch.cuda.is_available():

@@ -36,7 +36,7 @@ def _import_libraries(spec) -> None:
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        import minibert.hf  # noqa: F401
+        import minibert.interop.hf  # noqa: F401
     else:
         import backends
         backends.get_backend(spec["backend"])

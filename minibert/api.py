@@ -3,7 +3,7 @@
     logits = mlm_logits(params, input_ids, attention_mask, token_type_ids, config=cfg, backend=be)  # [B, T, V]
     loss, grads = loss_and_grads(params, batch, config=cfg, backend=be)
 
-`compiled(fn, config, backend)` binds config and backend to a model function of `minibert.model` (or any
+`compiled(fn, config, backend)` binds config and backend to a model function of `minibert.nn.model` (or any
 function with keyword arguments `config` and `backend`) and compiles it once where the backend can (JAX).
 """
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import weakref
 
 import backends
-from minibert.batch import check_batch, check_inputs, check_params, device_batch, row_blocks
-from minibert.classify import classify_forward_backward, classify_logits_all
-from minibert.classify_batch import check_classify_batch, classify_device_batch, require_classifier
+from minibert.data.batch import check_batch, check_inputs, check_params, device_batch, row_blocks
+from minibert.nn.classify import classify_forward_backward, classify_logits_all
+from minibert.data.classify_batch import check_classify_batch, classify_device_batch, require_classifier
 from minibert.config import BertConfig
-from minibert.model import forward_backward, logits_all
-from minibert.precision import precision_policy, under_precision
+from minibert.nn.model import forward_backward, logits_all
+from minibert.nn.precision import precision_policy, under_precision
 
 # backend object -> {(fn, config): compiled fn}. Keyed by the object, not its name, so a backend registered
 # anew under an old name never gets the old one's compiled functions; weak, so a dropped backend frees them.
@@ -69,7 +69,7 @@ def logits_for_host_inputs(fn, params, input_ids, attention_mask, token_type_ids
 def loss_and_grads_for_host_batch(fn, params, checked, to_device, *, config: BertConfig, backend,
                                   dropout_seed: int | None, precision: str = "fp32"):
     """A checked host batch -> `to_device(checked, backend, dtype)` -> the compiled `fn(params, arrays, key)`
-    under `precision` (`minibert.precision`); (loss as a Python float, float32 gradients). The public
+    under `precision` (`minibert.nn.precision`); (loss as a Python float, float32 gradients). The public
     loss-and-gradient functions share this."""
     check_params(params, config)
     fn = under_precision(fn, precision_policy(precision, backend, params["embeddings.word"].dtype))
@@ -91,7 +91,7 @@ def loss_and_grads(params, batch, *, config: BertConfig, backend, dropout_seed: 
 
     batch: dict of host int arrays input_ids, attention_mask, token_type_ids, labels (`IGNORE_LABEL` = -100:
     ignored). Dropout (config.hidden_dropout, config.attention_dropout) runs only when `dropout_seed` is given.
-    precision: "fp32", or "bf16" / "fp16" (float32 params; matmuls in the narrow dtype, see `minibert.precision`;
+    precision: "fp32", or "bf16" / "fp16" (float32 params; matmuls in the narrow dtype, see `minibert.nn.precision`;
     no loss scaling here: that belongs to a training step).
     """
     return loss_and_grads_for_host_batch(forward_backward, params, check_batch(batch, config, backend), device_batch,

@@ -1,7 +1,7 @@
 """What the heads look at: the attention probabilities of one text, and a picture of every layer x head map.
 
 The forward pass already computes them: each layer's `AttentionCache` keeps p = softmax(q k^T / sqrt(D) + mask)
-[B, A, T, T] for the backward (`minibert.attention.attention_forward`), so `attention_maps` runs the encoder once
+[B, A, T, T] for the backward (`minibert.nn.attention.attention_forward`), so `attention_maps` runs the encoder once
 (eval mode: no dropout) and reads them out. Row i of a head's map is how token i spreads its attention over the
 T tokens (it sums to 1). One text, no padding: every token is real, so nothing is masked.
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from minibert.config import BertConfig
-from minibert.finetune_encode import encode_texts
-from minibert.model import encoder_forward
-from minibert.tokenizer import WordPieceTokenizer
+from minibert.data.finetune_encode import encode_texts
+from minibert.nn.model import encoder_forward
+from minibert.data.tokenizer import WordPieceTokenizer
 
 
 def attention_maps(text: str, config: BertConfig, params, tokenizer: WordPieceTokenizer, backend,

@@ -13,7 +13,7 @@ PROBLEM_TYPES = ("single_label_classification", "regression")
 CLASSIFIER_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "classifier_dropout")
 
 # The special token ids (pad, cls, sep, mask, ...) belong to a vocabulary: ask the tokenizer
-# (`minibert.tokenizer.WordPieceTokenizer`), never a constant. The model needs only the pad id (`pad_token_id`).
+# (`minibert.data.tokenizer.WordPieceTokenizer`), never a constant. The model needs only the pad id (`pad_token_id`).
 IGNORE_LABEL = -100     # a label that asks for no prediction (the loss skips it), as in BERT
 
 # name: (num_layers, hidden_size, num_heads, intermediate_size, max_position, vocab_size)

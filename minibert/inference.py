@@ -11,17 +11,17 @@ import math
 import numpy as np
 
 import backends
-from minibert import checkpoint as ckpt
+from minibert.storage import checkpoint as ckpt
 from minibert.api import classify_logits, compiled, mlm_logits
-from minibert.batch import check_batch, device_batch
-from minibert.classify import classify_metrics
-from minibert.classify_batch import check_classify_batch, classify_device_batch
+from minibert.data.batch import check_batch, device_batch
+from minibert.nn.classify import classify_metrics
+from minibert.data.classify_batch import check_classify_batch, classify_device_batch
 from minibert.config import IGNORE_LABEL, BertConfig
-from minibert.finetune_encode import EncodedExamples, FinetuneBatcher, encode_texts, encode_words, pad_batch
-from minibert.finetune_settings import TASKS, resume_settings
+from minibert.data.finetune_encode import EncodedExamples, FinetuneBatcher, encode_texts, encode_words, pad_batch
+from minibert.training.finetune_settings import TASKS, resume_settings
 from minibert.metrics import accuracy, is_bio_tagset, macro_f1, pearson, span_f1, spearman, token_accuracy
-from minibert.model import masked_lm_metrics
-from minibert.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer
+from minibert.nn.model import masked_lm_metrics
+from minibert.data.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer
 
 
 def is_run_dir(path) -> bool:
@@ -37,13 +37,13 @@ def model_config(path) -> BertConfig:
     """The model config of a run directory or of a transformers BERT folder (its task from its head)."""
     if is_run_dir(path):
         return ckpt.run_model_config(path)
-    from minibert.hf import checkpoint_config
+    from minibert.interop.hf import checkpoint_config
     return checkpoint_config(path)
 
 
 def load_run(run_dir, backend_name: str | None = None, dtype: str = "float32"):
     """(config, params on the backend, tokenizer, backend) from a run's newest verified checkpoint, or from a
-    transformers BERT folder (`minibert.hf.from_transformers`: its own head, its own tokenizer).
+    transformers BERT folder (`minibert.interop.hf.from_transformers`: its own head, its own tokenizer).
 
     Everything is checked before the weights are moved: the backend and dtype, the checkpoint (size, sha256,
     tensors against the run's model config) and the tokenizer (its size and pad id against the model's)."""
@@ -52,7 +52,7 @@ def load_run(run_dir, backend_name: str | None = None, dtype: str = "float32"):
     if is_run_dir(run_dir):
         config, host_params = ckpt.load_latest_params(run_dir)
     else:
-        from minibert.hf import from_transformers
+        from minibert.interop.hf import from_transformers
         config, host_params = from_transformers(run_dir, dtype)
     try:
         tokenizer = load_tokenizer(run_dir)
@@ -65,7 +65,7 @@ def load_run(run_dir, backend_name: str | None = None, dtype: str = "float32"):
 
 def evaluate_mlm(params, heldout, config, backend, max_batches: int = 0) -> dict:
     """Masked-LM loss (nats per masked token), perplexity and accuracy over the batches of `heldout` (a
-    `minibert.data.MLMBatcher` with fixed masking: epoch 0), the first `max_batches` of them (0 = all)."""
+    `minibert.data.mlm.MLMBatcher` with fixed masking: epoch 0), the first `max_batches` of them (0 = all)."""
     if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 0:
         raise ValueError(f"eval batches must be an int >= 0 (0 = all), got {max_batches!r}")
     metrics_fn = compiled(masked_lm_metrics, config, backend)

@@ -1,69 +1,11 @@
-"""Parameter names, shapes and initialisation (host side: weights are drawn with NumPy, then moved).
-
-The layout is documented in docs/PARAMS.md. Weights are stored [in, out] so a dense layer is x @ W + b.
-"""
+"""Parameter initialisation (host side: weights are drawn with NumPy, then moved to the backend). The layout
+(names, shapes) is `minibert.nn.layout`, documented in docs/PARAMS.md."""
 from __future__ import annotations
 
 import numpy as np
 
 from minibert.config import BertConfig
-
-
-def param_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, in a fixed order."""
-    hidden, inter = config.hidden_size, config.intermediate_size
-    shapes = {
-        "embeddings.word": (config.vocab_size, hidden),
-        "embeddings.position": (config.max_position, hidden),
-        "embeddings.token_type": (config.type_vocab_size, hidden),
-        "embeddings.ln.weight": (hidden,),
-        "embeddings.ln.bias": (hidden,),
-    }
-    for i in range(config.num_layers):
-        shapes.update({
-            f"layers.{i}.attn.qkv.weight": (hidden, 3 * hidden),
-            f"layers.{i}.attn.qkv.bias": (3 * hidden,),
-            f"layers.{i}.attn.out.weight": (hidden, hidden),
-            f"layers.{i}.attn.out.bias": (hidden,),
-            f"layers.{i}.attn.ln.weight": (hidden,),
-            f"layers.{i}.attn.ln.bias": (hidden,),
-            f"layers.{i}.ffn.in.weight": (hidden, inter),
-            f"layers.{i}.ffn.in.bias": (inter,),
-            f"layers.{i}.ffn.out.weight": (inter, hidden),
-            f"layers.{i}.ffn.out.bias": (hidden,),
-            f"layers.{i}.ffn.ln.weight": (hidden,),
-            f"layers.{i}.ffn.ln.bias": (hidden,),
-        })
-    shapes.update(head_shapes(config))
-    return shapes
-
-
-def head_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """The head's parameters for `config.task`: the MLM head ("mlm"); pooler + classifier ("sequence", as
-    BertForSequenceClassification); classifier only ("token", as BertForTokenClassification, which has no pooler)."""
-    hidden = config.hidden_size
-    if config.task == "mlm":
-        return {
-            "head.dense.weight": (hidden, hidden),
-            "head.dense.bias": (hidden,),
-            "head.ln.weight": (hidden,),
-            "head.ln.bias": (hidden,),
-            "head.decoder_bias": (config.vocab_size,),
-        }
-    shapes = {}
-    if config.task == "sequence":
-        shapes.update({"pooler.dense.weight": (hidden, hidden), "pooler.dense.bias": (hidden,)})
-    shapes.update({"classifier.weight": (hidden, config.num_labels), "classifier.bias": (config.num_labels,)})
-    return shapes
-
-
-def is_layernorm_weight(name: str) -> bool:
-    return name.endswith("ln.weight")
-
-
-def is_no_decay(name: str) -> bool:
-    """Biases and LayerNorm parameters get no weight decay (as in BERT)."""
-    return name.endswith("bias") or ".ln." in name
+from minibert.nn.layout import param_shapes, head_shapes, is_layernorm_weight
 
 
 def init_host_params(config: BertConfig, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
@@ -92,7 +34,7 @@ def init_classifier_from(encoder_params, config: BertConfig, seed: int = 0,
     `param_shapes(config)` order, the names initialised fresh).
 
     `encoder_params`: host arrays named as Mini-BERT params (a pretrained masked-LM run's, or
-    `minibert.hf.encoder_from_transformers`'s); the embeddings and every layer must be there with this config's
+    `minibert.interop.hf.encoder_from_transformers`'s); the embeddings and every layer must be there with this config's
     shapes. Head parameters the source has with the right shape (a pooler from BertModel / BertForPreTraining,
     a classifier of the same num_labels) are kept, as transformers' `from_pretrained` keeps them; those it lacks
     (the pooler of a masked LM, which has none; a new classifier) or has with another shape (a classifier for

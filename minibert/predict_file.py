@@ -29,8 +29,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from minibert.api import classify_logits, mlm_logits
-from minibert.finetune_data import DEFAULT_TEXT_COLUMNS, DataFileError
-from minibert.finetune_encode import encode_texts, encode_words, pad_batch
+from minibert.data.finetune_data import DEFAULT_TEXT_COLUMNS, DataFileError
+from minibert.data.finetune_encode import encode_texts, encode_words, pad_batch
 from minibert.inference import load_classifier_run, load_run, model_config
 
 INPUT_EXTENSIONS = (".txt", ".csv", ".tsv", ".jsonl")

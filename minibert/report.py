@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from minibert.config import BertConfig
-from minibert.fileio import atomic_write_bytes, atomic_write_json
+from minibert.storage.fileio import atomic_write_bytes, atomic_write_json
 from minibert.inference import scored_tags
 from minibert.metrics import confusion_matrix, is_bio_tagset, per_class, span_f1_by_type
 

@@ -22,11 +22,11 @@ import tempfile
 
 import numpy as np
 
-from minibert.finetune import encode, finetune, load_task
-from minibert.finetune_encode import FinetuneBatcher
-from minibert.finetune_settings import FinetuneSettings
+from minibert.training.finetune import encode, finetune, load_task
+from minibert.data.finetune_encode import FinetuneBatcher
+from minibert.training.finetune_settings import FinetuneSettings
 from minibert.metrics import accuracy, macro_f1
-from minibert.tokenizer import load_tokenizer
+from minibert.data.tokenizer import load_tokenizer
 
 
 def transformers_finetune(settings: FinetuneSettings, threads: int | None) -> dict:

@@ -3,7 +3,7 @@
 batch_size=32)`, on the same exported model and the same texts, side by side in one process.
 
 By default the model is a random `mini`-sized sequence classifier (L4 H256, 2 labels) with a WordPiece trained on
-the embedded corpus, exported once with `minibert.hf.to_transformers` into a temporary folder that both read; the
+the embedded corpus, exported once with `minibert.interop.hf.to_transformers` into a temporary folder that both read; the
 texts are 2,000 paragraphs' first lines of the embedded corpus (held-out split). Each side runs `--repeats` times,
 alternating; the medians and their ratio are printed, and the share of texts both label the same (a sanity check:
 the same model must agree up to rounding).
@@ -23,7 +23,7 @@ import time
 
 
 def _texts(count: int) -> list[str]:
-    from minibert.corpus import load_default_corpus
+    from minibert.data.corpus import load_default_corpus
 
     _, heldout = load_default_corpus()
     lines = [doc.split("\n")[0].strip() for doc in heldout]
@@ -36,10 +36,10 @@ def _texts(count: int) -> list[str]:
 def _random_classifier(preset: str, folder: str) -> str:
     """A random `preset` sequence classifier with the embedded corpus's WordPiece, exported into `folder`."""
     from minibert.config import BertConfig
-    from minibert.corpus import load_default_corpus
-    from minibert.hf import to_transformers
+    from minibert.data.corpus import load_default_corpus
+    from minibert.interop.hf import to_transformers
     from minibert.params import init_host_params
-    from minibert.tokenizer import train_wordpiece
+    from minibert.data.tokenizer import train_wordpiece
 
     train, _ = load_default_corpus()
     tokenizer = train_wordpiece(train, 8192)
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             folder = _random_classifier(args.preset, os.path.join(work, "model"))
             export = folder
         else:
-            from minibert.hf import to_transformers
+            from minibert.interop.hf import to_transformers
             from minibert.inference import load_classifier_run
             _, config, params, tokenizer, backend, _ = load_classifier_run(folder, args.backend)
             export = to_transformers(params, config, os.path.join(work, "model"), vocab=tokenizer, backend=backend)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from minibert.fileio import atomic_write_json
+from minibert.storage.fileio import atomic_write_json
 from minibert.inference import is_run_dir, load_run, model_config
-from minibert.pretrain import evaluate, load_data
-from minibert.settings import TrainSettings, resume_settings
+from minibert.training.pretrain import evaluate, load_data
+from minibert.training.settings import TrainSettings, resume_settings
 
 
 def main(argv=None) -> int:
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
 
 
 def _evaluate_classifier(args) -> int:
-    from minibert.finetune import encode, load_task
+    from minibert.training.finetune import encode, load_task
     from minibert.inference import classifier_metrics, classifier_outputs, load_classifier_run, summarize
     from minibert.report import table_lines, write_report
 

@@ -4,7 +4,7 @@
 
     python scripts/export_hf.py runs/my-run exported/my-bert [--verify]
 
-Reads the run's newest verified checkpoint (minibert.checkpoint.load_latest_params) and its tokenizer (vocab.txt,
+Reads the run's newest verified checkpoint (minibert.storage.checkpoint.load_latest_params) and its tokenizer (vocab.txt,
 and tokenizer_config.json for a run started from a downloaded BERT: its special ids, casing and options are
 kept), and writes config.json, model.safetensors and the tokenizer files, so that
 `transformers.pipeline("fill-mask" / "text-classification" / "token-classification", model="exported/my-bert")`
@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from minibert.hf import INTEROP_HINT, from_transformers, to_transformers
+from minibert.interop.hf import INTEROP_HINT, from_transformers, to_transformers
 
 
 def verify(out_dir: str, config, params, seed: int = 0) -> tuple[float, bool]:
@@ -32,7 +32,7 @@ def verify(out_dir: str, config, params, seed: int = 0) -> tuple[float, bool]:
         raise SystemExit(f"--verify needs torch and transformers ({exc}); install them with: {INTEROP_HINT}")
     import backends
     from minibert import classify_logits, mlm_logits
-    from minibert.hf import ARCHITECTURE_OF_TASK
+    from minibert.interop.hf import ARCHITECTURE_OF_TASK
 
     _, back = from_transformers(out_dir)
     changed = [name for name in params if not np.array_equal(back[name], np.asarray(params[name], np.float32))]
@@ -70,9 +70,9 @@ def main(argv=None) -> int:
                         help="load the export with transformers and compare logits (needs torch, transformers)")
     args = parser.parse_args(argv)
 
-    from minibert.checkpoint import load_latest_params
+    from minibert.storage.checkpoint import load_latest_params
 
-    from minibert.tokenizer import load_tokenizer
+    from minibert.data.tokenizer import load_tokenizer
 
     try:
         config, params = load_latest_params(args.run_dir)

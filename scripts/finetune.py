@@ -22,10 +22,10 @@ import argparse
 import dataclasses
 import sys
 
-from minibert.command import add_optimizer_flags, add_run_directory_flags, run_command
+from minibert.training.command import add_optimizer_flags, add_run_directory_flags, run_command
 from minibert.config import PRESETS
-from minibert.finetune import finetune
-from minibert.finetune_settings import FinetuneSettings, resume_settings
+from minibert.training.finetune import finetune
+from minibert.training.finetune_settings import FinetuneSettings, resume_settings
 
 DEFAULTS = FinetuneSettings()
 

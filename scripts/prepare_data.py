@@ -9,7 +9,7 @@ text is streamed, never held in memory, and training reads the shards without lo
 Paragraphs (blocks between blank lines) are cleaned, deduplicated and held out (about 3%, by a hash of their text)
 exactly as `train.py --corpus` does. The WordPiece is trained on the first 64 MB of training text (--vocab-size), or
 the tokenizer of a run or transformers folder is used (--tokenizer). Writes DATA_DIR/manifest.json, vocab.txt,
-token shards and document indexes (see minibert/prepared.py) into DATA_DIR.partial-<pid>, renamed to DATA_DIR only
+token shards and document indexes (see minibert/data/prepared.py) into DATA_DIR.partial-<pid>, renamed to DATA_DIR only
 when complete; an existing DATA_DIR is never touched.
 
 Exit status: 0 done; 2 bad input (a missing, empty or non-UTF-8 file, an existing --out, a bad tokenizer; nothing
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from minibert.prepared import main
+from minibert.data.prepared import main
 
 if __name__ == "__main__":
     sys.exit(main())

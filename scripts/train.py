@@ -14,10 +14,10 @@ import argparse
 import dataclasses
 import sys
 
-from minibert.command import add_optimizer_flags, add_run_directory_flags, run_command
+from minibert.training.command import add_optimizer_flags, add_run_directory_flags, run_command
 from minibert.config import PRESETS
-from minibert.pretrain import train
-from minibert.settings import LR_SCHEDULES, TrainSettings, resume_settings
+from minibert.training.pretrain import train
+from minibert.training.settings import LR_SCHEDULES, TrainSettings, resume_settings
 
 DEFAULTS = TrainSettings()
 

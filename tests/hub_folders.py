@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from minibert.corpus import load_default_corpus
+from minibert.data.corpus import load_default_corpus
 
 # Texts that exercise the tokenizer: accents, CJK, emoji, control characters, very long words, mixed case,
 # special tokens written in the text (in and out of case), odd whitespace, punctuation runs.

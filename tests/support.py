@@ -190,7 +190,7 @@ def latest_tensors(run_dir) -> dict:
     """Every tensor (params/, adam_m/, adam_v/) of the run's latest checkpoint, verified."""
     from safetensors.numpy import load_file
 
-    from minibert import checkpoint
+    from minibert.storage import checkpoint
 
     return load_file(str(checkpoint.latest_checkpoint(run_dir)[0]))
 

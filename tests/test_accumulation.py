@@ -1,4 +1,4 @@
-"""Token-weighted accumulation (minibert.step): k micro-batches equal one batch of all their rows, on every backend,
+"""Token-weighted accumulation (minibert.nn.step): k micro-batches equal one batch of all their rows, on every backend,
 also when the micro-batches hold different numbers of labelled tokens."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from support import random_batch
 from minibert import BertConfig, init_params
-from minibert.batch import check_batch, device_batch, device_batches
-from minibert.model import forward_backward, label_count
-from minibert.step import accumulate_gradients
+from minibert.data.batch import check_batch, device_batch, device_batches
+from minibert.nn.model import forward_backward, label_count
+from minibert.nn.step import accumulate_gradients
 
 SMALL = BertConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position=12)
 LABEL_RATES = (0.1, 0.3, 0.6, 0.9)      # one per micro-batch of 8 rows: different label counts

@@ -19,10 +19,10 @@ transformers = pytest.importorskip(
 
 from support import assert_tree_close, backend_or_skip, load_script  # noqa: E402
 from minibert import BertConfig, classify_logits, classify_loss_and_grads, param_shapes  # noqa: E402
-from minibert.hf import (config_from_transformers, encoder_from_transformers, from_transformers,  # noqa: E402
+from minibert.interop.hf import (config_from_transformers, encoder_from_transformers, from_transformers,  # noqa: E402
                          params_from_state_dict, params_to_state_dict, to_transformers, transformers_shapes)
 from minibert.params import init_classifier_from, init_host_params  # noqa: E402
-from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
+from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
 from test_hf_fidelity import (CASES, F64_TOL, GRAD_RTOL, LOGITS_TOL, assert_clean, export_perturbed,  # noqa: E402
                               hf_batch, hf_model, on)
 

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from minibert import corpus, data, tokenizer
-from minibert.corpus import load_corpus_files, load_default_corpus
-from minibert.data import IGNORE_LABEL, MLMBatcher, build_datasets, mask_tokens, pack_sequences
-from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
+from minibert.data import corpus, mlm as data, tokenizer
+from minibert.data.corpus import load_corpus_files, load_default_corpus
+from minibert.data.mlm import IGNORE_LABEL, MLMBatcher, build_datasets, mask_tokens, pack_sequences
+from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
 
 IDS = dict(cls_id=2, sep_id=3, pad_id=0)      # Mini-BERT's layout, for packing plain token lists
 
@@ -264,7 +264,7 @@ def test_too_few_sequences(packed, tok):
 
 
 def test_host_pipeline_imports_no_accelerator_library():
-    code = "import sys, minibert.data; print(sorted({'jax', 'cupy', 'torch'} & set(sys.modules)))"
+    code = "import sys, minibert.data.mlm; print(sorted({'jax', 'cupy', 'torch'} & set(sys.modules)))"
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(data.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -20,10 +20,10 @@ from safetensors.numpy import load_file
 import backends
 from support import ROOT, TINY_RUN, backend_or_skip, child_env, finish, random_batch, write_corpus
 from minibert import BertConfig, init_params
-from minibert.batch import check_batch, device_batches, padded_count
-from minibert.model import forward_backward, label_count
-from minibert.optim import AdamWConfig, init_state
-from minibert.step import accumulate_gradients, make_train_step
+from minibert.data.batch import check_batch, device_batches, padded_count
+from minibert.nn.model import forward_backward, label_count
+from minibert.nn.optim import AdamWConfig, init_state
+from minibert.nn.step import accumulate_gradients, make_train_step
 
 DEVICES_CHILD_ENV = "MINIBERT_TEST_DEVICES_CHILD"
 IN_CHILD = bool(os.environ.get(DEVICES_CHILD_ENV))
@@ -253,7 +253,7 @@ def test_backends_without_sharding_name_jax_as_the_route():
 @child_only
 def test_child_four_devices_scaling_report():
     """The scaling measurement for scripts/benchmark.py --devices (on CPU virtual devices a smoke test only)."""
-    from minibert.scaling import format_scaling, measure_scaling
+    from minibert.training.scaling import format_scaling, measure_scaling
     rows = measure_scaling(backends.get_backend("jax"), SMALL, batch_size=8, seq_len=10, device_counts=(1, 4),
                            steps=2, warmup=1)
     assert [r["devices"] for r in rows] == [1, 4] and rows[0]["efficiency"] == 1.0
@@ -265,7 +265,7 @@ def test_child_four_devices_scaling_report():
 
 
 def test_scaling_report_refuses_device_counts_that_do_not_divide_the_batch():
-    from minibert.scaling import measure_scaling
+    from minibert.training.scaling import measure_scaling
     with pytest.raises(ValueError, match=r"device_counts must be positive ints that divide batch_size=8; got \[1, 3\]"):
         measure_scaling(backends.get_backend("numpy"), SMALL, batch_size=8, seq_len=10, device_counts=(1, 3))
     with pytest.raises(ValueError, match=r"backend 'numpy' runs on one device"):

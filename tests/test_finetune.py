@@ -322,7 +322,7 @@ def test_no_pretrained_run_says_which_command_to_run(script_env, files, tmp_path
 
 
 def test_default_pretrained_run_is_the_newest_complete_mlm_run(script_env, corpus, sequence_run, tmp_path):
-    from minibert.finetune import default_pretrained_run
+    from minibert.training.finetune import default_pretrained_run
 
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from minibert.data import IGNORE_LABEL
-from minibert.finetune_data import (DataFileError, SequenceExample, TokenExample, build_label_map,
+from minibert.data.mlm import IGNORE_LABEL
+from minibert.data.finetune_data import (DataFileError, SequenceExample, TokenExample, build_label_map,
                                     load_sequence_task, load_token_task, read_sequence_file, read_token_file)
-from minibert.finetune_encode import (FinetuneBatcher, encode_sequence_examples, encode_texts,
+from minibert.data.finetune_encode import (FinetuneBatcher, encode_sequence_examples, encode_texts,
                                       encode_token_examples, encode_words, pad_batch)
-from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer
+from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer
 
 WORDS = ["the", "cat", "sat", "on", "mat", "un", "##believ", "##able", "dog", ".", ",", "a", "b", "c", "d", "e"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from backends import _philox
 from support import backend_or_skip
-from minibert.loss import cross_entropy_forward, flat_index_dtype
+from minibert.nn.loss import cross_entropy_forward, flat_index_dtype
 
 
 @pytest.mark.parametrize("counter, key, expected", [

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from minibert import BertConfig, init_params, loss_and_grads
-from minibert import ops
-from minibert.attention import attention_backward, attention_forward, mask_bias
-from minibert.loss import cross_entropy_backward, cross_entropy_forward
+from minibert.nn import ops
+from minibert.nn.attention import attention_backward, attention_forward, mask_bias
+from minibert.nn.loss import cross_entropy_backward, cross_entropy_forward
 from support import random_batch
 
 REL_TOL = 1e-6

@@ -14,9 +14,9 @@ import pytest
 from support import backend_or_skip, random_batch
 from minibert import (BertConfig, classify_forward_backward, classify_logits, classify_loss_and_grads,
                       classify_metrics, init_params, param_shapes)
-from minibert import heads
-from minibert.loss import cross_entropy_backward, cross_entropy_forward
-from minibert.classify_batch import check_classify_batch, classify_device_batch
+from minibert.nn import heads
+from minibert.nn.loss import cross_entropy_backward, cross_entropy_forward
+from minibert.data.classify_batch import check_classify_batch, classify_device_batch
 from minibert.params import init_classifier_from, init_host_params
 from test_gradcheck import assert_gradients_match, weighted_sum_check
 

@@ -1,7 +1,7 @@
 """Fidelity to the reference BERT: Mini-BERT against transformers' BertForMaskedLM (PyTorch, CPU).
 
 Random, small transformers models are built locally (no download), with every weight, bias and LayerNorm
-parameter drawn away from its trivial initial value, and converted with minibert.hf. On every backend, Mini-BERT's
+parameter drawn away from its trivial initial value, and converted with minibert.interop.hf. On every backend, Mini-BERT's
 logits, MLM loss and every gradient must equal transformers' (eval mode, no dropout); checkpoints must go both
 ways losslessly and load in transformers with no missing or unexpected keys.
 """
@@ -18,10 +18,10 @@ transformers = pytest.importorskip(
     "transformers", reason="the transformers fidelity tests need transformers: pip install -e '.[interop]'")
 
 from minibert import BertConfig, loss_and_grads, mlm_logits, param_shapes  # noqa: E402
-from minibert.hf import (config_from_transformers, from_transformers, params_from_state_dict,  # noqa: E402
+from minibert.interop.hf import (config_from_transformers, from_transformers, params_from_state_dict,  # noqa: E402
                          params_to_state_dict, to_transformers, transformers_shapes)
 from minibert.params import init_host_params  # noqa: E402
-from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
+from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS, WordPieceTokenizer  # noqa: E402
 from support import assert_tree_close, backend_or_skip, load_script  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -448,9 +448,9 @@ def test_export_refuses_params_or_vocab_that_do_not_fit(tmp_path):
 # --- scripts/export_hf.py -------------------------------------------------------------------------------------------
 
 def test_export_script_writes_a_loadable_folder_from_a_run(tmp_path, capsys):
-    checkpoint = pytest.importorskip("minibert.checkpoint", reason="minibert.checkpoint (run directories) missing")
+    checkpoint = pytest.importorskip("minibert.storage.checkpoint", reason="minibert.storage.checkpoint (run directories) missing")
     if not hasattr(checkpoint, "save_checkpoint"):
-        pytest.skip("minibert.checkpoint has no save_checkpoint yet")
+        pytest.skip("minibert.storage.checkpoint has no save_checkpoint yet")
     export_hf = load_script("export_hf")
 
     tokens = list(SPECIAL_TOKENS) + ["the", "cat", "sat", "on", "mat", "##s"]

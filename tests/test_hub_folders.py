@@ -15,13 +15,13 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 
 from hub_folders import VARIED_TEXTS, google_vocab, random_batch, write_model, write_tokenizer  # noqa: E402
 from minibert import classify_logits, mlm_logits  # noqa: E402
-from minibert.data import MLMBatcher, build_datasets  # noqa: E402
-from minibert.finetune_encode import encode_texts  # noqa: E402
-from minibert.hf import (encoder_from_transformers, from_transformers, masked_lm_from_transformers,  # noqa: E402
+from minibert.data.mlm import MLMBatcher, build_datasets  # noqa: E402
+from minibert.data.finetune_encode import encode_texts  # noqa: E402
+from minibert.interop.hf import (encoder_from_transformers, from_transformers, masked_lm_from_transformers,  # noqa: E402
                          to_transformers)
-from minibert.model import encoder_forward  # noqa: E402
+from minibert.nn.model import encoder_forward  # noqa: E402
 from minibert.params import init_classifier_from  # noqa: E402
-from minibert.tokenizer import load_tokenizer  # noqa: E402
+from minibert.data.tokenizer import load_tokenizer  # noqa: E402
 from support import backend_or_skip, load_script  # noqa: E402
 
 LOGITS_TOL = 1e-5

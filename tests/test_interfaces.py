@@ -13,15 +13,16 @@ import backends
 import minibert.api
 from backends import numpy_backend
 from support import ROOT, random_batch
-from minibert import BertConfig, init_params, model, ops
-from minibert.attention import attention_backward, attention_forward, mask_bias
-from minibert.batch import check_batch, device_batch
-from minibert.loss import cross_entropy_backward, cross_entropy_forward
-from minibert.optim import AdamWConfig, adamw_update, init_state
-from minibert.step import make_train_step
+from minibert import BertConfig, init_params
+from minibert.nn import model, ops
+from minibert.nn.attention import attention_backward, attention_forward, mask_bias
+from minibert.data.batch import check_batch, device_batch
+from minibert.nn.loss import cross_entropy_backward, cross_entropy_forward
+from minibert.nn.optim import AdamWConfig, adamw_update, init_state
+from minibert.nn.step import make_train_step
 
 SMALL = BertConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position=12)
-MATH = ("ops", "attention", "loss", "model")
+MATH = ("ops", "attention", "loss", "model", "heads", "classify")
 
 
 def _cases(be):
@@ -110,14 +111,14 @@ def test_caches_are_built_by_keyword_and_never_unpacked():
     """In the model math, a cache is constructed with keyword arguments only and never tuple-unpacked, so a
     reordered field cannot silently swap two arrays."""
     for module in MATH:
-        tree = ast.parse(Path(ROOT, "minibert", f"{module}.py").read_text())
+        tree = ast.parse(Path(ROOT, "minibert", "nn", f"{module}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", "").endswith("Cache"):
-                assert not node.args, f"minibert/{module}.py:{node.lineno} builds {node.func.id} positionally"
+                assert not node.args, f"minibert/nn/{module}.py:{node.lineno} builds {node.func.id} positionally"
             if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)
                     and isinstance(node.value, (ast.Name, ast.Attribute, ast.Subscript))):
                 source = ast.unparse(node.value)
-                assert "cache" not in source.lower(), f"minibert/{module}.py:{node.lineno} unpacks {source} by position"
+                assert "cache" not in source.lower(), f"minibert/nn/{module}.py:{node.lineno} unpacks {source} by position"
 
 
 def test_reregistered_backend_does_not_reuse_a_stale_compiled_function(monkeypatch):

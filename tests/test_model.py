@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -10,12 +12,12 @@ import pytest
 
 import backends
 from minibert import BertConfig, forward_backward, init_params, loss_and_grads, mlm_logits
-from minibert import ops
-from minibert.attention import attention_forward, mask_bias
-from minibert.batch import check_batch, device_batch
-from minibert.optim import AdamWConfig, accumulate, init_state
-from minibert.step import make_train_step
-from support import ROOT, assert_tree_close, backend_or_skip, random_batch
+from minibert.nn import ops
+from minibert.nn.attention import attention_forward, mask_bias
+from minibert.data.batch import check_batch, device_batch
+from minibert.nn.optim import AdamWConfig, accumulate, init_state
+from minibert.nn.step import make_train_step
+from support import ROOT, assert_tree_close, backend_or_skip, child_env, random_batch
 
 SMALL = BertConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position=12)
 
@@ -168,7 +170,7 @@ def test_float32_run_keeps_every_array_float32(backend):
     params = init_params(SMALL, seed=0, backend=backend)
     arrays = device_batch(check_batch(random_batch(np.random.default_rng(0), SMALL), SMALL), backend,
                           params["embeddings.word"].dtype)
-    from minibert.model import encoder_forward
+    from minibert.nn.model import encoder_forward
     _, caches = encoder_forward(params, arrays.input_ids, arrays.token_type_ids, arrays.attention_mask,
                                 SMALL, backend, backend.key(0))
     seen = []
@@ -209,12 +211,68 @@ def test_jax_hand_written_gradients_equal_jax_grad():
     assert_tree_close(hand, auto, rtol=1e-5, atol=1e-9, scaled_atol=1e-5)
 
 
-def test_model_modules_import_no_array_library():
-    banned = {"numpy", "jax", "cupy", "torch", "array_api_strict", "cupyx", "jaxlib"}
-    for module in ("ops", "attention", "model", "loss", "heads", "classify", "optim", "step"):
-        tree = ast.parse(Path(ROOT, "minibert", f"{module}.py").read_text())
-        for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            for name in names:
-                assert name.split(".")[0] not in banned, f"minibert/{module}.py imports {name}"
+ARRAY_LIBRARIES = {"numpy", "jax", "jaxlib", "cupy", "cupyx", "torch", "array_api_strict"}
+
+
+def _imports(path: Path) -> set[str]:
+    """The modules a source file imports (absolute names; `from minibert.nn import ops` gives minibert.nn.ops)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _source_of(module: str) -> Path | None:
+    """The file of one of this repository's modules (a package's __init__.py), or None for anything else."""
+    parts = module.split(".")
+    if parts[0] not in ("minibert", "backends"):
+        return None
+    base = Path(ROOT, *parts)
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def test_nothing_under_minibert_nn_imports_an_array_library_even_through_other_modules():
+    """The math's rule, by folder: walk the import graph from every module of minibert/nn (into every repository
+    module it reaches, the packages' __init__ files included) and find no array library."""
+    start = [f"minibert.nn.{p.stem}" for p in Path(ROOT, "minibert", "nn").glob("*.py") if p.stem != "__init__"]
+    assert {"minibert.nn.ops", "minibert.nn.model", "minibert.nn.step", "minibert.nn.layout"} <= set(start)
+    seen, stack, reached_by = set(), list(start), {}
+    while stack:
+        module = stack.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parents = [".".join(module.split(".")[:i]) for i in range(1, len(module.split(".")))]
+        for name in parents + sorted(_imports(_source_of(module))) if _source_of(module) else []:
+            root = name.split(".")[0]
+            assert root not in ARRAY_LIBRARIES, (
+                f"{module} imports {name}; reached from minibert/nn by {' <- '.join(_chain(module, reached_by))}")
+            if _source_of(name) and name not in seen:
+                reached_by.setdefault(name, module)
+                stack.append(name)
+    assert "minibert.config" in seen                      # the walk follows repository imports
+
+
+def test_importing_the_math_loads_no_array_library():
+    """At run time too: a fresh interpreter importing every module of minibert/nn (and the package above it)
+    has no array library in sys.modules; the public names of `minibert` still import on use."""
+    modules = sorted(f"minibert.nn.{p.stem}" for p in Path(ROOT, "minibert", "nn").glob("*.py"))
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(ARRAY_LIBRARIES)!r})))\n"
+            "import minibert\nassert callable(minibert.loss_and_grads) and minibert.BertConfig\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[0] == "[]", f"importing minibert/nn loaded {out.stdout.strip()}"
+
+
+def _chain(module, reached_by):
+    chain = [module]
+    while chain[-1] in reached_by:
+        chain.append(reached_by[chain[-1]])
+    return chain

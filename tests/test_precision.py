@@ -1,4 +1,4 @@
-"""Mixed precision (minibert/precision.py): a bf16 step against PyTorch's torch.autocast on the same weights and
+"""Mixed precision (minibert/nn/precision.py): a bf16 step against PyTorch's torch.autocast on the same weights and
 batch, fp16 dynamic loss scaling with an injected overflow, the refusals, and exact resume of an fp16 run."""
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from minibert import loss_and_grads
-from minibert.batch import device_batch, check_batch
+from minibert.data.batch import device_batch, check_batch
 from minibert.config import BertConfig
-from minibert.model import forward_backward, label_count
-from minibert.optim import AdamWConfig, init_state
+from minibert.nn.model import forward_backward, label_count
+from minibert.nn.optim import AdamWConfig, init_state
 from minibert.params import init_host_params
-from minibert.precision import (GROWTH_INTERVAL, PRECISIONS, cast_params, init_loss_scale, precision_policy,
+from minibert.nn.precision import (GROWTH_INTERVAL, PRECISIONS, cast_params, init_loss_scale, precision_policy,
                                 update_loss_scale)
-from minibert.step import make_train_step
+from minibert.nn.step import make_train_step
 from support import TINY_RUN, backend_or_skip, latest_tensors, records, run_script
 
 LOW_PRECISION_BACKENDS = ("torch", "jax")
@@ -32,7 +32,7 @@ def autocast_reference():
     torch.autocast(cpu, bfloat16), eval mode (no dropout), float32 weights."""
     torch = pytest.importorskip("torch", reason="the autocast reference needs torch: pip install -e '.[interop]'")
     pytest.importorskip("transformers", reason="the autocast reference needs transformers")
-    from minibert.hf import config_from_transformers, from_transformers, params_from_state_dict
+    from minibert.interop.hf import config_from_transformers, from_transformers, params_from_state_dict
     from test_hf_fidelity import hf_batch, hf_model
 
     model = hf_model(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,

@@ -1,4 +1,4 @@
-"""Prepared corpora (scripts/prepare_data.py, minibert/prepared.py): the shards hold exactly the tokenizer's tokens
+"""Prepared corpora (scripts/prepare_data.py, minibert/data/prepared.py): the shards hold exactly the tokenizer's tokens
 of the documents `load_corpus_files` gives, pack into exactly the in-memory sequences, train and resume from
 `--data`, and every kind of bad input is refused by name with nothing half-written left behind."""
 from __future__ import annotations
@@ -10,11 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from minibert import prepared
-from minibert.corpus import load_corpus_files
-from minibert.data import PackedStream, pack_sequences
-from minibert.prepared import PreparedDataError, open_prepared, prepare_corpus
-from minibert.tokenizer import MINIBERT_SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
+from minibert.data import prepared
+from minibert.data.corpus import load_corpus_files
+from minibert.data.mlm import PackedStream, pack_sequences
+from minibert.data.prepared import PreparedDataError, open_prepared, prepare_corpus
+from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
 from support import latest_tensors, load_script, write_corpus
 
 
@@ -61,7 +61,7 @@ def test_shards_hold_the_tokenizers_tokens_of_the_in_memory_documents(corpus, da
         assert data.manifest["splits"][split]["documents"] == len(docs)
     np.testing.assert_array_equal(data.train_counts(), np.bincount(np.concatenate(tokenizer.encode_batch(train_docs)),
                                                                    minlength=tokenizer.vocab_size))
-    from minibert.corpus import corpus_fingerprint
+    from minibert.data.corpus import corpus_fingerprint
     assert data.fingerprint == corpus_fingerprint(train_docs + heldout_docs)
     # sequences packed on demand from the shards are the in-memory packing, row for row
     ids = dict(cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)
@@ -190,7 +190,7 @@ def test_data_from_another_tokenizer_than_init_from_is_refused(data_dir, tmp_pat
 
 @pytest.mark.parametrize("block_bytes", [1, 2, 7, 64, 1 << 22])
 def test_streamed_documents_are_the_in_memory_documents_at_any_block_size(tmp_path, block_bytes):
-    from minibert.corpus import _clean_documents, _read_utf8, stream_documents
+    from minibert.data.corpus import _clean_documents, _read_utf8, stream_documents
 
     texts = ["a\n \n \nb\r\nc\r\n\r\nd\n=====\nTitle\n\n\n  \n  x  y \t z\n", "\ufefffirst\nsecond\n\nthird\r\r\n\n",
              "no newline at end", "   \n\n\n", "p1 l1\np1 l2\n\np2\n\n\np3 long " * 50, "x\n  \n\ny\n \t \nz\n\n\n\nw"]

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from minibert import pretrain
-from minibert.optim import learning_rate
-from minibert.settings import TrainSettings, resume_settings
+from minibert.training import pretrain
+from minibert.nn.optim import learning_rate
+from minibert.training.settings import TrainSettings, resume_settings
 from minibert.config import IGNORE_LABEL, BertConfig
 
 

@@ -16,12 +16,12 @@ import pytest
 from safetensors.numpy import load_file
 
 import backends
-import minibert.pretrain
-from minibert import checkpoint as ckpt
-from minibert import fileio
-from minibert.loop import NonFiniteError
-from minibert.pretrain import train
-from minibert.settings import TrainSettings, resume_settings
+import minibert.training.pretrain
+from minibert.storage import checkpoint as ckpt
+from minibert.storage import fileio
+from minibert.training.loop import NonFiniteError
+from minibert.training.pretrain import train
+from minibert.training.settings import TrainSettings, resume_settings
 from support import (ROOT, TINY_RUN, assert_tree_close, child_env, finish, latest_tensors, records, start,
                      start_script)
 
@@ -45,7 +45,7 @@ def start_train(env, *args, phase=None, at=0):
 KILLER = r'''
 import os, runpy, signal, sys
 phase, at = sys.argv[1], int(sys.argv[2])
-import minibert.checkpoint as ck
+import minibert.storage.checkpoint as ck
 count = [0]
 
 def die():
@@ -189,7 +189,7 @@ def test_atomic_write_killed_mid_write_leaves_the_old_file(tmp_path):
     target.write_bytes(b"old contents")
     child = start(child_env(), "-c", r'''
 import os, sys, time
-from minibert import fileio
+from minibert.storage import fileio
 def slow_fsync(fd):
     print("writing", flush=True)
     time.sleep(60)
@@ -300,7 +300,7 @@ def poisoned_step(monkeypatch, script_env):
     that call n is step n (with row threads every block of a batch is a call)."""
     monkeypatch.setenv("MINIBERT_CACHE", script_env["MINIBERT_CACHE"])
     monkeypatch.setattr(backends.get_backend("numpy"), "row_threads", 1)
-    real = minibert.pretrain.forward_backward
+    real = minibert.training.pretrain.forward_backward
     plan = {"calls": 0, "poison": set(), "interrupt": set()}
 
     def forward_backward(params, arrays, key=None, normaliser=None, *, config, backend):
@@ -312,7 +312,7 @@ def poisoned_step(monkeypatch, script_env):
             os.kill(os.getpid(), signal.SIGINT)
         return loss, grads
 
-    monkeypatch.setattr(minibert.pretrain, "forward_backward", forward_backward)
+    monkeypatch.setattr(minibert.training.pretrain, "forward_backward", forward_backward)
     return plan
 
 
@@ -358,7 +358,7 @@ def test_skip_nonfinite_skips_the_step_counts_it_and_keeps_the_count_on_resume(c
 
 
 def test_a_second_signal_stops_at_once():
-    from minibert.loop import StopRequested
+    from minibert.training.loop import StopRequested
 
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopRequested() as stop:

@@ -1,4 +1,4 @@
-"""The numpy backend's row threads (`Backend.row_threads`, minibert/step.py `forward_backward_by_rows`): a batch
+"""The numpy backend's row threads (`Backend.row_threads`, minibert/nn/step.py `forward_backward_by_rows`): a batch
 split by rows into blocks that run at once gives the loss and gradients of the whole batch; the blocks hold
 exactly the batch's rows and labels; the threaded step is deterministic; BLAS's thread count is restored."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 
 from support import assert_tree_close, random_batch
 from minibert import BertConfig, init_params
-from minibert.batch import check_batch, device_batch
-from minibert.classify_batch import ClassifyBatch
-from minibert.model import forward_backward, label_count
-from minibert.step import accumulate_gradients, forward_backward_by_rows
+from minibert.data.batch import check_batch, device_batch
+from minibert.data.classify_batch import ClassifyBatch
+from minibert.nn.model import forward_backward, label_count
+from minibert.nn.step import accumulate_gradients, forward_backward_by_rows
 
 SMALL = BertConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position=12,
                    hidden_dropout=0.1, attention_dropout=0.1)
@@ -119,7 +119,7 @@ def test_logits_on_row_threads_equal_one_thread(rows):
     """Inference (`minibert.api.compiled_logits`, used by mlm_logits and the benchmark) splits the rows over the
     threads and concatenates their logits: the one-thread logits, for row counts below, at and above the count."""
     from minibert.api import compiled_logits
-    from minibert.model import logits_all
+    from minibert.nn.model import logits_all
     one, two = threaded_numpy(1), threaded_numpy(2)
     params = init_params(SMALL, seed=0, backend=one)
     host = mlm_batch(rows=rows)

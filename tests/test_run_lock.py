@@ -18,12 +18,12 @@ import time
 
 import pytest
 
-from minibert import checkpoint as ckpt
-from minibert import fileio
-from minibert.fileio import DirectoryLock, DirectoryLockedError
-from minibert.pretrain import train
-from minibert.rundir import RunIOError
-from minibert.settings import TrainSettings
+from minibert.storage import checkpoint as ckpt
+from minibert.storage import fileio
+from minibert.storage.fileio import DirectoryLock, DirectoryLockedError
+from minibert.training.pretrain import train
+from minibert.training.rundir import RunIOError
+from minibert.training.settings import TrainSettings
 from support import ROOT, assert_tree_close, finish, latest_tensors, records
 from test_robustness import STEPS, trace, train_args
 # fixture: an undisturbed run of train_args()
@@ -42,7 +42,7 @@ def start(env, *args, wrapper=None, wrapper_args=()):
 PAUSE = r'''
 import os, runpy, sys, time
 gate = sys.argv[1]
-import minibert.checkpoint as ck
+import minibert.storage.checkpoint as ck
 real_save = ck.save_file
 def save_file(tensors, filename, metadata=None):
     if not os.path.exists(gate):
@@ -59,7 +59,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 DISK_FULL = r'''
 import os, runpy, sys
 from safetensors import SafetensorError
-import minibert.checkpoint as ck
+import minibert.storage.checkpoint as ck
 at, count = int(sys.argv[1]), [0]
 real_save = ck.save_file
 def save_file(tensors, filename, metadata=None):

@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from minibert.corpus import corpus_fingerprint, load_default_corpus, load_default_documents, split_heldout
-from minibert.tasks_builtin import (code_span_example, code_span_task, docstring_package_task, package_of,
+from minibert.data.corpus import corpus_fingerprint, load_default_corpus, load_default_documents, split_heldout
+from minibert.data.tasks_builtin import (code_span_example, code_span_task, docstring_package_task, package_of,
                                     remove_names)
 
 

@@ -17,14 +17,14 @@ import pytest
 
 import backends
 import minibert.api
-from minibert import checkpoint as ckpt
+from minibert.storage import checkpoint as ckpt
 from minibert.api import loss_and_grads, mlm_logits
-from minibert.batch import check_batch, check_params
+from minibert.data.batch import check_batch, check_params
 from minibert.config import BertConfig
-from minibert.corpus import load_corpus_files
+from minibert.data.corpus import load_corpus_files
 from minibert.params import init_host_params, init_params
-from minibert.tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece
-from minibert.settings import TrainSettings
+from minibert.data.tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece
+from minibert.training.settings import TrainSettings
 from support import TINY_RUN, backend_or_skip, finish, random_batch, start_script
 
 CONFIG = BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position=12)

@@ -1,8 +1,8 @@
 # %% [markdown]
 # # Walkthrough 1: attention and the padding mask
 #
-# Multi-head self-attention step by step, with the ops of `minibert/ops.py` and the mask of
-# `minibert/attention.py`, on a padded batch; then a picture of the attention weights, next to the weights of
+# Multi-head self-attention step by step, with the ops of `minibert/nn/ops.py` and the mask of
+# `minibert/nn/attention.py`, on a padded batch; then a picture of the attention weights, next to the weights of
 # the classic bug (padding zeroed in the embeddings instead of masked in the scores).
 # Guide: [docs/guide/02-attention-and-padding-mask.md](../docs/guide/02-attention-and-padding-mask.md).
 #
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import backends
-from minibert import ops
-from minibert.attention import attention_forward, mask_bias
+from minibert.nn import ops
+from minibert.nn.attention import attention_forward, mask_bias
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 OUT.mkdir(parents=True, exist_ok=True)

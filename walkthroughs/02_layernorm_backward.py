@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Walkthrough 2: LayerNorm backward, by hand and by finite differences
 #
-# `layernorm_forward` / `layernorm_backward` of `minibert/ops.py`: build the Jacobian of `xhat` from its
+# `layernorm_forward` / `layernorm_backward` of `minibert/nn/ops.py`: build the Jacobian of `xhat` from its
 # formula, check it against finite differences, see the compact backward formula fall out of it, and check the
 # whole backward in float64 (and why not float32) with the 4-point stencil of `tests/test_gradcheck.py`.
 # Guide: [docs/guide/03-layernorm.md](../docs/guide/03-layernorm.md). Runs on NumPy (float64 everywhere).
@@ -10,7 +10,7 @@
 import numpy as np
 
 import backends
-from minibert import ops
+from minibert.nn import ops
 
 be = backends.get_backend("numpy")     # NumPy arrays are the backend's arrays: no conversion needed here
 rng = np.random.default_rng(0)

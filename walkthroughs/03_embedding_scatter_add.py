@@ -4,7 +4,7 @@
 # The forward of an embedding is a gather, `y[n] = table[ids[n]]`; its backward sends each row of `dy` back to
 # the table row it came from, *adding* when an id repeats: `dtable[v] = sum over n with ids[n] == v of dy[n]`.
 # The array API standard has no such operation, so each backend supplies `scatter_add` (backends/*.py), and
-# `embedding_backward` in `minibert/ops.py` makes exactly one call to it.
+# `embedding_backward` in `minibert/nn/ops.py` makes exactly one call to it.
 # Guide: [docs/guide/01-tokens-to-embeddings.md](../docs/guide/01-tokens-to-embeddings.md) and
 # [docs/guide/10-backends-and-the-array-api.md](../docs/guide/10-backends-and-the-array-api.md).
 
@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import backends
-from minibert import ops
+from minibert.nn import ops
 
 # %% [markdown]
 # Six token positions, vocabulary of 5, width 4. Id 3 appears three times and id 1 twice; ids 2 and 4 never.
@@ -43,7 +43,7 @@ assert not np.allclose(wrong[3], loop[3])
 # here (library missing, no GPU) says why and is skipped. On backends with writeable arrays `scatter_add`
 # usually updates the table in place and returns it; on JAX (immutable arrays) a new array is returned and the
 # input is untouched. Either way the model only ever uses the *returned* array. `embedding_backward(dy, cache)`
-# has the shape of every backward in `minibert/ops.py`: it returns `(d_in, grads)`, here `(None, {"weight":
+# has the shape of every backward in `minibert/nn/ops.py`: it returns `(d_in, grads)`, here `(None, {"weight":
 # dtable})` (integer ids have no gradient), scattering into a fresh zero table. The cache from
 # `embedding_forward` is a named record: `cache.ids`, `cache.table`, `cache.backend`.
 

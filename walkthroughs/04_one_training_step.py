@@ -1,10 +1,10 @@
 # %% [markdown]
 # # Walkthrough 4: one training step, traced with shapes
 #
-# `forward_backward` (minibert/model.py) on a small padded batch, with every op of `minibert/ops.py` and
-# `minibert/loss.py` (and the backend's `scatter_add`) wrapped so that each call prints its inputs and outputs:
+# `forward_backward` (minibert/nn/model.py) on a small padded batch, with every op of `minibert/nn/ops.py` and
+# `minibert/nn/loss.py` (and the backend's `scatter_add`) wrapped so that each call prints its inputs and outputs:
 # the forward and the hand-written backward in the order they really run. Then one AdamW update
-# (minibert/optim.py), checked against its closed form, and against `make_train_step` (minibert/step.py).
+# (minibert/nn/optim.py), checked against its closed form, and against `make_train_step` (minibert/nn/step.py).
 # Guide: [docs/guide/07-the-backward-pass.md](../docs/guide/07-the-backward-pass.md) and
 # [docs/guide/08-adamw.md](../docs/guide/08-adamw.md).
 
@@ -15,13 +15,14 @@ from functools import partial
 import numpy as np
 
 import backends
-import minibert.attention
-import minibert.model
-from minibert import BertConfig, forward_backward, init_params, loss, ops
-from minibert.batch import check_batch, device_batch
-from minibert.optim import AdamWConfig, adamw_update, init_state, learning_rate
-from minibert.params import is_no_decay
-from minibert.step import make_train_step
+import minibert.nn.attention
+import minibert.nn.model
+from minibert import BertConfig, forward_backward, init_params
+from minibert.nn import loss, ops
+from minibert.data.batch import check_batch, device_batch
+from minibert.nn.optim import AdamWConfig, adamw_update, init_state, learning_rate
+from minibert.nn.layout import is_no_decay
+from minibert.nn.step import make_train_step
 
 be = backends.get_backend()
 config = BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position=12)
@@ -84,7 +85,7 @@ def traced(fn, label):
     return wrapper
 
 
-for module in (ops, loss, minibert.attention, minibert.model):
+for module in (ops, loss, minibert.nn.attention, minibert.nn.model):
     for fn in LEAF_OPS:
         if getattr(module, fn.__name__, None) is fn:
             setattr(module, fn.__name__, traced(fn, fn.__name__))

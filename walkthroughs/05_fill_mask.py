@@ -4,7 +4,7 @@
 # `minibert.inference.fill_mask` predicts the tokens behind each `[MASK]`. Give it a run directory
 # (`python walkthroughs/05_fill_mask.py RUN_DIR`, or `$MINIBERT_RUN_DIR`), e.g. one made by
 # `python scripts/train.py`. Without one, this walkthrough first trains a very small run in-process with
-# `minibert.pretrain.train` (config `tiny`, Python's own help topics as the corpus, 60 steps: seconds on a CPU)
+# `minibert.training.pretrain.train` (config `tiny`, Python's own help topics as the corpus, 60 steps: seconds on a CPU)
 # into `$MINIBERT_WALKTHROUGH_OUT/fill-mask-run` (default `<temp dir>/minibert-walkthroughs/`).
 # Guide: [docs/guide/05-mlm-head-and-weight-tying.md](../docs/guide/05-mlm-head-and-weight-tying.md).
 
@@ -21,8 +21,8 @@ import numpy as np
 
 from minibert import init_params, mlm_logits
 from minibert.inference import fill_mask, load_run
-from minibert.pretrain import train
-from minibert.settings import TrainSettings
+from minibert.training.pretrain import train
+from minibert.training.settings import TrainSettings
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 given = os.environ.get("MINIBERT_RUN_DIR") or next((a for a in sys.argv[1:] if Path(a, "config.json").exists()), None)
@@ -103,7 +103,7 @@ if not given:
           f"{1 / config.vocab_size:.4f})")
     assert before < 5 / config.vocab_size and after > 10 * before
 
-    from minibert.corpus import load_corpus_files
+    from minibert.data.corpus import load_corpus_files
     train_docs, _ = load_corpus_files([str(corpus)])
     counts = np.bincount(np.concatenate([np.asarray(ids, np.int64) for ids in tokenizer.encode_batch(train_docs)]),
                          minlength=config.vocab_size)

@@ -22,8 +22,8 @@ import numpy as np
 from minibert import init_params
 from minibert.attention_maps import attention_maps, plot_attention
 from minibert.inference import load_run
-from minibert.pretrain import train
-from minibert.settings import TrainSettings
+from minibert.training.pretrain import train
+from minibert.training.settings import TrainSettings
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 given = os.environ.get("MINIBERT_RUN_DIR") or next((a for a in sys.argv[1:] if Path(a, "config.json").exists()), None)

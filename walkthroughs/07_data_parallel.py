@@ -20,9 +20,9 @@ import numpy as np  # noqa: E402
 
 import backends  # noqa: E402
 from minibert import BertConfig, init_params  # noqa: E402
-from minibert.batch import check_batch, device_batches  # noqa: E402
-from minibert.model import forward_backward, label_count  # noqa: E402
-from minibert.step import accumulate_gradients  # noqa: E402
+from minibert.data.batch import check_batch, device_batches  # noqa: E402
+from minibert.nn.model import forward_backward, label_count  # noqa: E402
+from minibert.nn.step import accumulate_gradients  # noqa: E402
 
 one = backends.get_backend("jax")
 four = one.data_parallel(4)

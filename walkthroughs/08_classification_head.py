@@ -2,7 +2,7 @@
 # # Walkthrough 8: the classification head's backward, checked twice
 #
 # BertForSequenceClassification's head: pooled = tanh(h_[CLS] Wp + bp), logits = pooled Wc + bc, cross-entropy.
-# Its backward by hand (`minibert.heads`): d logits = softmax - onehot (over the batch), dWc = pooled^T d logits,
+# Its backward by hand (`minibert.nn.heads`): d logits = softmax - onehot (over the batch), dWc = pooled^T d logits,
 # d pooled = d logits Wc^T, d pre = d pooled * (1 - pooled^2) (tanh' = 1 - tanh^2), dWp = h_[CLS]^T d pre, and
 # d hidden is d h_[CLS] at position 0 of each row, 0 elsewhere. Here it is checked against central finite
 # differences in float64 (NumPy), then against transformers' own model with torch autograd, on the same weights.
@@ -65,7 +65,7 @@ assert worst < 1e-5
 print("head backward == finite differences")
 
 # %% [markdown]
-# Now against transformers: the same weights in BertForSequenceClassification (`minibert.hf.to_transformers` writes
+# Now against transformers: the same weights in BertForSequenceClassification (`minibert.interop.hf.to_transformers` writes
 # the folder, `from_pretrained` reads it), eval mode, the same batch, torch autograd. Every gradient must match.
 # (Skipped, with a message, where torch and transformers are not installed.)
 
@@ -78,7 +78,7 @@ except ImportError as exc:
 else:
     import tempfile
 
-    from minibert.hf import params_from_state_dict, to_transformers
+    from minibert.interop.hf import params_from_state_dict, to_transformers
     transformers.logging.set_verbosity_error()
     params32 = {k: v.astype(np.float32) for k, v in params64.items()}
     with tempfile.TemporaryDirectory() as folder:

@@ -4,7 +4,7 @@
 # Chapter 14 chose the default recipe by giving every candidate the same compute and comparing held-out losses.
 # This is that method in miniature: the `tiny` model, Python's help topics as the corpus, 150 steps each, and only
 # the peak learning rate changes (one-cycle schedule, no dropout, 30% masking: the recipe's other choices). The
-# held-out set is fixed whatever the recipe (`minibert.pretrain.load_data`: the same paragraphs, masked at 15% from
+# held-out set is fixed whatever the recipe (`minibert.training.pretrain.load_data`: the same paragraphs, masked at 15% from
 # a fixed seed), so the losses compare. Runs go to `$MINIBERT_WALKTHROUGH_OUT/sweep/` (default
 # `<temp dir>/minibert-walkthroughs`), with `sweep.png`. About 20 seconds on two cores.
 # Guide: [docs/guide/14-a-pretraining-recipe-for-a-small-budget.md](../docs/guide/14-a-pretraining-recipe-for-a-small-budget.md).
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minibert.pretrain import train
-from minibert.settings import TrainSettings
+from minibert.training.pretrain import train
+from minibert.training.settings import TrainSettings
 
 OUT = Path(os.environ.get("MINIBERT_WALKTHROUGH_OUT") or Path(tempfile.gettempdir()) / "minibert-walkthroughs")
 SWEEP = OUT / "sweep"

@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 import backends
-from minibert.loss import cross_entropy_backward, cross_entropy_forward
-from minibert.ops import gelu_backward, gelu_forward
+from minibert.nn.loss import cross_entropy_backward, cross_entropy_forward
+from minibert.nn.ops import gelu_backward, gelu_forward
 
 backend = backends.get_backend("numpy")
 x = np.linspace(-4.0, 4.0, 17)

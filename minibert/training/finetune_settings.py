@@ -1,0 +1,140 @@
+"""The settings of a fine-tuning run (`scripts/finetune.py`): `FinetuneSettings`, checked by `validate()` before
+any work, and `resume_settings` (a run's saved settings, for `--resume DIR`)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from minibert.storage import checkpoint as ckpt
+from minibert.config import BertConfig
+from minibert.nn.optim import AdamWConfig
+from minibert.training.settings import _FIELD_RE, _FLAG_OF_FIELD, _is_int, _is_real, check_dtype_and_precision, flag
+from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS
+
+SCRIPT = "scripts/finetune.py"
+TASKS = ("sequence", "token")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything a fine-tuning run depends on. Field names are the command-line flags (with - for _)."""
+
+    backend: str | None = None
+    init_from: str | None = None      # a Mini-BERT run or a transformers BERT folder; None: the default run
+    from_scratch: bool = False        # random weights of the --config preset instead
+    config: str = "seed"              # the preset for --from-scratch
+    vocab_size: int = 8192            # WordPiece trained on the training texts for --from-scratch
+    task: str = "sequence"
+    train: str | None = None          # None: the built-in task (docstring package classification)
+    eval: str | None = None
+    text_column: str | None = None    # None: "sentence" or "text", whichever the file has
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    tag_column: int = -1              # CoNLL column of the tags (token task)
+    regression: bool = False
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3                  # measured best of 1e-4 and 1e-3 for the small presets; BERT-base: 2e-5..5e-5
+    warmup: int | None = None         # None = 10% of the steps
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    max_len: int | None = None        # None = min(128, the model's max_position)
+    dropout: float = 0.1
+    seed: int = 0
+    freeze_encoder: bool = False
+    eval_every: int | None = None     # None = once per epoch
+    save_every: int | None = None     # None = once per epoch
+    keep_checkpoints: int = 3
+    dtype: str = "float32"
+    precision: str = "fp32"        # fp32 | bf16 | fp16: the matmuls' dtype (minibert.nn.precision)
+    out: str | None = None
+    resume: str | None = None
+    resume_fallback: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise on a bad value, naming the flag and showing the value, before any work starts."""
+        if self.backend is not None and not (isinstance(self.backend, str) and self.backend):
+            raise TypeError(f"--backend must be a backend name, got {self.backend!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        for name in ("epochs", "batch_size", "keep_checkpoints"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("eval_every", "save_every", "max_len", "warmup"):
+            value = getattr(self, name)
+            low = 0 if name == "warmup" else 3 if name == "max_len" else 1
+            if value is not None and (not _is_int(value) or value < low):
+                raise ValueError(f"{flag(name)} must be an int >= {low}, got {value!r}")
+        if not _is_int(self.vocab_size) or self.vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"--vocab-size must be an int > {len(SPECIAL_TOKENS)}, got {self.vocab_size!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative int, got {self.seed!r}")
+        if not _is_int(self.tag_column) or self.tag_column == 0:
+            raise ValueError(f"--tag-column must be a non-zero int (column 0 holds the words; negative counts "
+                             f"from the end), got {self.tag_column!r}")
+        for name in ("lr", "weight_decay", "clip_norm", "dropout"):
+            if not _is_real(getattr(self, name)):
+                raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
+        check_dtype_and_precision(self.dtype, self.precision)
+        for name in ("out", "resume", "init_from", "train", "eval", "text_column", "text_pair_column",
+                     "label_column"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise TypeError(f"{flag(name)} must be a non-empty string, got {value!r}")
+        if self.from_scratch and self.init_from:
+            raise ValueError("--from-scratch and --init-from cannot be used together: pick random weights or a "
+                             "pretrained source")
+        if self.resume_fallback and not self.resume:
+            raise ValueError("--resume-fallback only applies with --resume DIR")
+        if self.train is None and self.eval is not None:
+            raise ValueError("--eval needs --train FILE too (without --train the built-in task is used, with its "
+                             "own held-out split)")
+        if self.train is not None and self.eval is None:
+            raise ValueError("--train needs --eval FILE: held-out examples to measure the fine-tuned model on")
+        if self.train is None and (self.task != "sequence" or self.regression):
+            raise ValueError("the built-in task is sequence classification: --task token and --regression need "
+                             "--train FILE and --eval FILE")
+        if self.regression and self.task != "sequence":
+            raise ValueError("--regression applies to --task sequence only (one number per text)")
+        if self.task == "token" and self.text_pair_column is not None:
+            raise ValueError("--text-pair-column applies to --task sequence only")
+        try:                      # the ranges, as the classes that use them define them
+            AdamWConfig(lr=self.lr, weight_decay=self.weight_decay, clip_norm=self.clip_norm)
+            BertConfig.preset(self.config, hidden_dropout=self.dropout, attention_dropout=self.dropout)
+        except ValueError as exc:
+            message = _FIELD_RE.sub(lambda m: _FLAG_OF_FIELD[m.group(1)], str(exc))
+            raise ValueError(("--config: " if message.startswith("unknown preset") else "") + message) from None
+
+    def optimizer(self, steps: int) -> AdamWConfig:
+        warmup = steps // 10 if self.warmup is None else self.warmup
+        if warmup > steps:
+            raise ValueError(f"--warmup={warmup} is more than the run's {steps} steps "
+                             f"({self.epochs} epochs of {steps // self.epochs} batches)")
+        return AdamWConfig(lr=self.lr, warmup_steps=warmup, total_steps=steps, weight_decay=self.weight_decay,
+                           clip_norm=self.clip_norm)
+
+    def record(self) -> dict:
+        """The settings as JSON values (config.json's "training")."""
+        return dataclasses.asdict(self)
+
+
+# settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
+RESUME_FIXED = ("init_from", "from_scratch", "config", "vocab_size", "task", "train", "eval", "text_column",
+                "text_pair_column", "label_column", "tag_column", "regression", "epochs", "batch_size", "lr",
+                "warmup", "weight_decay", "clip_norm", "max_len", "dropout", "seed", "freeze_encoder", "dtype", "precision")
+
+
+def resume_settings(run_dir, **overrides) -> FinetuneSettings:
+    """The saved settings of a fine-tuning run, with `overrides` (for `--resume DIR` given alone)."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"--resume {run_dir}: no such directory")
+    saved = ckpt.read_run_config(run_dir).get("training")
+    if not isinstance(saved, dict) or "task" not in saved:
+        raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.RUN_CONFIG} has no fine-tuning settings: --resume "
+                                   f"{run_dir} needs a run written by {SCRIPT}")
+    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
+    values = {k: v for k, v in saved.items() if k in fields}
+    values.update(overrides, resume=str(run_dir))
+    return FinetuneSettings(**values)
