@@ -151,6 +151,13 @@ class BertConfig:
         return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
 
     @property
+    def has_dropout(self) -> bool:
+        """Whether training draws dropout masks anywhere: in the encoder (hidden, attention) or, for a classifier,
+        before the classifier (`classifier_dropout_rate`, which may be on alone)."""
+        return (self.hidden_dropout > 0 or self.attention_dropout > 0
+                or (self.task != "mlm" and self.classifier_dropout_rate > 0))
+
+    @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_heads
 

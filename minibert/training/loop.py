@@ -28,7 +28,7 @@ from minibert.nn.step import make_train_step
 class Task(Protocol):
     """What a training task gives the loop. Built for one backend and dtype, before the loop starts."""
 
-    config: BertConfig          # the encoder's config; its dropout > 0 makes the loop draw a dropout key per step
+    config: BertConfig          # the model's config; any dropout in it (`has_dropout`) makes the loop draw a key per step
     tokens_per_batch: int       # tokens in one micro-batch (for tokens/s)
 
     def initial_params(self) -> dict[str, np.ndarray]:
@@ -121,7 +121,7 @@ def run_loop(task: Task, run: RunDir, loop: LoopSettings, backend, log: Callable
     # a step that is not finite is skipped and counted, never fatal, when asked or when fp16 loss scaling expects it
     skips = loop.skip_nonfinite or precision.loss_scaling
     base_key = backend.key(loop.seed)
-    dropout = task.config.hidden_dropout > 0 or task.config.attention_dropout > 0
+    dropout = task.config.has_dropout
     from tqdm import tqdm
     bar = tqdm(total=loop.steps, initial=start, disable=not loop.progress, unit="step", dynamic_ncols=True)
 
