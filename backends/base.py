@@ -101,10 +101,13 @@ class Backend:
         raise NotImplementedError
 
     def key(self, seed: int):
-        raise NotImplementedError
+        """A key for `seed`. Here a tuple of ints on the host (numpy, torch, cupy, strict: `uniform` turns it into
+        its library's generator); JAX overrides it with its own key arrays, which work inside `jit`."""
+        return (int(seed),)
 
     def fold_in(self, key, data: int):
-        raise NotImplementedError
+        """An independent key derived from `key` and `data`: here the tuple extended by `data`."""
+        return key + (int(data),)
 
     def uniform(self, key, shape, dtype):
         raise NotImplementedError

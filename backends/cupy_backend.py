@@ -78,12 +78,6 @@ class CupyBackend(Backend):
             return self._erf(x.astype(self._cupy.float32)).astype(x.dtype)
         return self._erf(x)
 
-    def key(self, seed: int):
-        return (int(seed),)
-
-    def fold_in(self, key, data: int):
-        return key + (int(data),)
-
     def uniform(self, key, shape, dtype):
         """Philox4x32-10 keyed by the key's seeds; element i uses counter i (backends/_philox.py's layout)."""
         dtype = self.dtype(dtype)

@@ -66,12 +66,6 @@ class NumpyBackend(Backend):
         return ("NumPy has no bfloat16, and its float16 matmul does not use BLAS (slower than float32): mixed "
                 "precision runs on --backend torch (bf16, fp16; CPU or CUDA), jax (bf16, fp16) or cupy on a GPU")
 
-    def key(self, seed: int):
-        return (int(seed),)
-
-    def fold_in(self, key, data: int):
-        return key + (int(data),)
-
     def uniform(self, key, shape, dtype):
         return np.random.default_rng(np.random.SeedSequence(key)).random(shape, dtype=self.dtype(dtype))
 

@@ -40,12 +40,6 @@ class StrictBackend(Backend):
         return ("the array API standard (so array-api-strict) has no bfloat16 or float16: mixed precision runs on "
                 "--backend torch (bf16, fp16; CPU or CUDA), jax (bf16, fp16) or cupy on a GPU")
 
-    def key(self, seed: int):
-        return (int(seed),)
-
-    def fold_in(self, key, data: int):
-        return key + (int(data),)
-
     def uniform(self, key, shape, dtype):
         dtype = self.dtype(dtype)
         host = np.random.default_rng(np.random.SeedSequence(key)).random(shape)

@@ -34,12 +34,6 @@ class TorchBackend(Backend):
     def erf(self, x):
         return self._torch.special.erf(x)
 
-    def key(self, seed: int):
-        return (int(seed),)
-
-    def fold_in(self, key, data: int):
-        return key + (int(data),)
-
     def uniform(self, key, shape, dtype):
         seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1))
         generator = self._torch.Generator(device=self.device).manual_seed(seed)
