@@ -190,10 +190,13 @@ def free_port():
 
 
 def two_processes(env, *args):
+    """Both processes of a 2-process run, to the end. No timing assumption: on a loaded machine JAX's start-up and
+    compilation can take minutes, so the coordinator wait and the overall limit are far above a quiet run's
+    (about 20 s); they only stop a hung run."""
     port = free_port()
-    launch = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--init-timeout", "120"]
+    launch = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--init-timeout", "900"]
     procs = [train(env, *launch, "--process-id", str(i), *args, devices_present=2) for i in range(2)]
-    results = [finish(p) for p in procs]
+    results = [finish(p, timeout=1800) for p in procs]
     for code, _, err in results:
         assert code == 0, err[-3000:]
     return results
