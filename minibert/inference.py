@@ -18,7 +18,7 @@ from minibert.nn.classify import classify_metrics
 from minibert.data.classify_batch import check_classify_batch, classify_device_batch
 from minibert.config import IGNORE_LABEL, BertConfig
 from minibert.data.finetune_encode import EncodedExamples, FinetuneBatcher, encode_texts, encode_words, pad_batch
-from minibert.training.finetune_settings import TASKS, resume_settings
+from minibert.training.finetune_settings import CLASSIFIER_TASKS, FinetuneSettings
 from minibert.metrics import accuracy, is_bio_tagset, macro_f1, pearson, span_f1, spearman, token_accuracy
 from minibert.nn.model import masked_lm_metrics
 from minibert.data.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer
@@ -191,13 +191,13 @@ def load_classifier_run(run_dir, backend_name: str | None = None):
     checkpoint, or of a transformers classifier folder (settings None; max_len the smaller of max_position and
     the tokenizer's model_max_length)."""
     config, params, tokenizer, backend = load_run(run_dir, backend_name)
-    if config.task not in TASKS:
+    if config.task not in CLASSIFIER_TASKS:
         raise ValueError(f"{run_dir} is a masked-LM run (task {config.task!r}), not a fine-tuned classifier")
     if not is_run_dir(run_dir):
         return None, config, params, tokenizer, backend, min(config.max_position,
                                                              tokenizer.model_max_length or config.max_position)
     max_len = ckpt.read_run_config(run_dir).get("max_len", config.max_position)
-    return resume_settings(run_dir), config, params, tokenizer, backend, max_len
+    return FinetuneSettings.resumed(run_dir), config, params, tokenizer, backend, max_len
 
 
 def predict_text(text: str, config: BertConfig, params, tokenizer: WordPieceTokenizer, backend, max_len: int,

@@ -19,7 +19,7 @@ import sys
 from minibert.storage.fileio import atomic_write_json
 from minibert.inference import is_run_dir, load_run, model_config
 from minibert.training.pretrain import evaluate, load_data
-from minibert.training.settings import TrainSettings, resume_settings
+from minibert.training.settings import TrainSettings
 
 
 def main(argv=None) -> int:
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
                              "its own corpus")
         config, params, tokenizer, backend = load_run(args.run_dir, args.backend)
         if run:
-            settings = resume_settings(args.run_dir, backend=backend.name)
+            settings = TrainSettings.resumed(args.run_dir, backend=backend.name)
         else:
             settings = TrainSettings(corpus=tuple(args.corpus or ()), seq_len=args.seq_len, batch_size=1,
                                      backend=backend.name)     # batch_size: training batches are not drawn

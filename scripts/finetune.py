@@ -25,7 +25,7 @@ import sys
 from minibert.training.command import add_optimizer_flags, add_run_directory_flags, run_command
 from minibert.config import PRESETS
 from minibert.training.finetune import finetune
-from minibert.training.finetune_settings import FinetuneSettings, resume_settings
+from minibert.training.finetune_settings import FinetuneSettings
 
 DEFAULTS = FinetuneSettings()
 
@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
     given = vars(args)
     if "resume" in given:
-        return resume_settings(given.pop("resume"), **given)
+        return FinetuneSettings.resumed(given.pop("resume"), **given)
     return dataclasses.replace(DEFAULTS, **given)
 
 

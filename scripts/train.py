@@ -17,7 +17,7 @@ import sys
 from minibert.training.command import add_optimizer_flags, add_run_directory_flags, run_command
 from minibert.config import PRESETS
 from minibert.training.pretrain import train
-from minibert.training.settings import LR_SCHEDULES, TrainSettings, resume_settings
+from minibert.training.settings import LR_SCHEDULES, TrainSettings
 
 DEFAULTS = TrainSettings()
 
@@ -90,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     if "corpus" in given:
         given["corpus"] = tuple(given["corpus"])
     if "resume" in given:
-        return resume_settings(given.pop("resume"), **given)
+        return TrainSettings.resumed(given.pop("resume"), **given)
     return dataclasses.replace(DEFAULTS, **given)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from minibert.training import pretrain
 from minibert.nn.optim import learning_rate
-from minibert.training.settings import TrainSettings, resume_settings
+from minibert.training.settings import TrainSettings
 from minibert.config import IGNORE_LABEL, BertConfig
 
 
@@ -89,6 +89,6 @@ def test_a_run_saved_before_the_recipe_flags_resumes_with_the_rate_and_schedule_
         del record[name]
     model = BertConfig.preset("seed").to_dict()
     (tmp_path / "config.json").write_text(json.dumps({"model": model, "training": record}))
-    resumed = resume_settings(tmp_path)
+    resumed = TrainSettings.resumed(tmp_path)
     assert (resumed.mask_rate, resumed.lr_schedule) == (0.15, "linear")
-    assert resume_settings(tmp_path, mask_rate=0.3).mask_rate == 0.3
+    assert TrainSettings.resumed(tmp_path, mask_rate=0.3).mask_rate == 0.3

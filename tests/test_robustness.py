@@ -21,7 +21,7 @@ from minibert.storage import checkpoint as ckpt
 from minibert.storage import fileio
 from minibert.training.loop import NonFiniteError
 from minibert.training.pretrain import train
-from minibert.training.settings import TrainSettings, resume_settings
+from minibert.training.settings import TrainSettings
 from support import (ROOT, TINY_RUN, assert_tree_close, child_env, finish, latest_tensors, records, start,
                      start_script)
 
@@ -346,13 +346,13 @@ def test_skip_nonfinite_skips_the_step_counts_it_and_keeps_the_count_on_resume(c
     before, skipped = (load_file(str(run_dir / f"ckpt-0000000{s}.safetensors")) for s in (2, 3))
     assert_tree_close(skipped, before, rtol=0, atol=0)     # params and Adam moments unchanged by the skipped step
     poisoned_step["poison"], poisoned_step["interrupt"] = set(), set()
-    result = train(resume_settings(run_dir, progress=False))
+    result = train(TrainSettings.resumed(run_dir, progress=False))
     assert result["step"] == 5
     steps = {r["step"]: r for r in records(run_dir)}
     assert [steps[s]["skipped_nonfinite"] for s in range(1, 6)] == [0, 0, 1, 1, 1]
     assert not np.isfinite(steps[3]["grad_norm"]) and np.isfinite(steps[4]["grad_norm"])
     assert ckpt.latest_checkpoint(run_dir)[1]["skipped_nonfinite"] == 1
-    again = train(resume_settings(run_dir, progress=False), log=lambda message: None)
+    again = train(TrainSettings.resumed(run_dir, progress=False), log=lambda message: None)
     assert again == {"step": 5, "run_dir": str(run_dir), "complete": True}     # a finished run: nothing redone
     assert len(records(run_dir, "eval_loss")) == 1
 

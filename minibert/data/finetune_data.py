@@ -99,7 +99,7 @@ def load_sequence_task(train_path: str, eval_path: str | None = None, *, text_co
         return TaskData("sequence", train, evaluation, regression=True)
     column = f"label column {label_column!r}"
     label2id, id2label = build_label_map(train, path=train_path, column=column)
-    check_labels(evaluation, label2id, path=eval_path, column=column)
+    check_example_labels(evaluation, label2id, path=eval_path, column=column)
     return TaskData("sequence", train, evaluation, label2id, id2label)
 
 
@@ -112,7 +112,7 @@ def load_token_task(train_path: str, eval_path: str | None = None, *, tag_column
     column = (f"tags column {tags_column!r}" if train_path.lower().endswith(".jsonl")
               else f"tag column {tag_column}")
     label2id, id2label = build_label_map(train, path=train_path, column=column)
-    check_labels(evaluation, label2id, path=eval_path, column=column)
+    check_example_labels(evaluation, label2id, path=eval_path, column=column)
     return TaskData("token", train, evaluation, label2id, id2label)
 
 
@@ -185,7 +185,7 @@ def build_label_map(examples: Sequence[SequenceExample | TokenExample], *, path:
     return {label: i for i, label in enumerate(labels)}, dict(enumerate(labels))
 
 
-def check_labels(examples: Sequence[SequenceExample | TokenExample], label2id: dict[str, int], *,
+def check_example_labels(examples: Sequence[SequenceExample | TokenExample], label2id: dict[str, int], *,
                  path: str | None = "<examples>", column: str = "label column") -> None:
     """Raise if an example has a label (or tag) that `label2id` (the training labels) lacks, naming it."""
     for example in examples:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minibert.data.mlm import IGNORE_LABEL, EpochBatcher
-from minibert.data.finetune_data import SequenceExample, TokenExample, check_labels
+from minibert.data.finetune_data import SequenceExample, TokenExample, check_example_labels
 from minibert.data.tokenizer import WordPieceTokenizer
 
 
@@ -84,7 +84,7 @@ def encode_sequence_examples(examples: Sequence[SequenceExample], tokenizer: Wor
     if label2id is None:
         encoded.labels = np.asarray([example.label for example in examples], dtype=np.float32)
     else:
-        check_labels(examples, label2id)
+        check_example_labels(examples, label2id)
         encoded.labels = np.asarray([label2id[example.label] for example in examples], dtype=np.int32)
     return encoded
 
@@ -125,7 +125,7 @@ def encode_words(sentences: Sequence[Sequence[str]], tokenizer: WordPieceTokeniz
 def encode_token_examples(examples: Sequence[TokenExample], tokenizer: WordPieceTokenizer, max_len: int, *,
                           label2id: dict[str, int]) -> EncodedExamples:
     """`encode_words` of the examples' words with their tags mapped by `label2id`."""
-    check_labels(examples, label2id)
+    check_example_labels(examples, label2id)
     return encode_words([example.words for example in examples], tokenizer, max_len,
                         [[label2id[tag] for tag in example.tags] for example in examples])
 

@@ -21,7 +21,8 @@ from minibert.storage import checkpoint as ckpt
 from minibert.nn.classify import classify_forward_backward
 from minibert.data.classify_batch import check_classify_batch, classify_device_batch
 from minibert.config import BertConfig
-from minibert.data.finetune_data import TaskData, check_labels, load_sequence_task, load_token_task, read_sequence_file
+from minibert.data.finetune_data import (TaskData, check_example_labels, load_sequence_task, load_token_task,
+                                        read_sequence_file)
 from minibert.data.finetune_encode import EncodedExamples, FinetuneBatcher, encode_sequence_examples, encode_token_examples
 from minibert.training.finetune_settings import RESUME_FIXED, SCRIPT, FinetuneSettings
 from minibert.inference import evaluate_classifier, summarize
@@ -29,7 +30,7 @@ from minibert.training.loop import LoopSettings, run_loop
 from minibert.nn.model import label_count
 from minibert.params import init_classifier_from, init_host_params
 from minibert.training.rundir import open_run
-from minibert.training.settings import get_backend
+from minibert.training.settings import get_backend, plural
 from minibert.data.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer, train_wordpiece
 
 BUILTIN = "docstring package (built-in)"     # the task's name in messages when no --train file is given
@@ -47,7 +48,8 @@ def load_task(settings: FinetuneSettings, eval_path: str | None = None) -> TaskD
         if eval_path is not None:
             data.eval = read_sequence_file(eval_path, text_column=settings.text_column,
                                            label_column=settings.label_column)
-            check_labels(data.eval, data.label2id, path=eval_path, column=f"label column {settings.label_column!r}")
+            check_example_labels(data.eval, data.label2id, path=eval_path,
+                                 column=f"label column {settings.label_column!r}")
         return data
     evaluation = eval_path or settings.eval
     if settings.task == "token":
@@ -222,10 +224,6 @@ def _model_plan(settings: FinetuneSettings, run, data: TaskData, log) -> tuple:
     return config, tokenizer, params, {"init": str(settings.init_from), "fresh_params": fresh}
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def finetune(settings: FinetuneSettings, log=print) -> dict:
     """Run (or resume) fine-tuning; returns the final metrics. Writes config.json (with the label map), vocab.txt,
     checkpoints, metrics.jsonl and loss.png into the run directory, which it holds locked until it returns."""
@@ -246,7 +244,7 @@ def finetune(settings: FinetuneSettings, log=print) -> dict:
         train, heldout = (encode(data, examples, tokenizer, limit) for examples in (data.train, data.eval))
         for name, encoded in (("training", train), ("evaluation", heldout)):
             if encoded.num_truncated:
-                log(f"truncated {_count(encoded.num_truncated, name + ' example')} of {len(encoded)} to "
+                log(f"truncated {plural(encoded.num_truncated, name + ' example')} of {len(encoded)} to "
                     f"--max-len={limit} tokens")
         task = FinetuneTask(settings, config, data, tokenizer, train, heldout, backend, init_params,
                             {**run_info, "max_len": limit, "train_examples": len(train),
@@ -257,7 +255,7 @@ def finetune(settings: FinetuneSettings, log=print) -> dict:
             log(f"{run.path} is already complete: {run.resume.checkpoint.name} is step {run.resume.step} of "
                 f"{steps}; nothing to do")
             return {"step": run.resume.step, "run_dir": str(run.path), "complete": True}
-        log(f"{settings.train or BUILTIN}: {_count(len(train), 'training example')}, {len(heldout)} held out, "
+        log(f"{settings.train or BUILTIN}: {plural(len(train), 'training example')}, {len(heldout)} held out, "
             f"{config.num_labels if not data.regression else 'regression'} labels; {settings.epochs} epochs of "
             f"{per_epoch} batches = {steps} steps" + ("; encoder frozen (linear probe)" if settings.freeze_encoder
                                                        else ""))

@@ -1,24 +1,29 @@
 """The settings of a fine-tuning run (`scripts/finetune.py`): `FinetuneSettings`, checked by `validate()` before
-any work, and `resume_settings` (a run's saved settings, for `--resume DIR`)."""
+any work; `FinetuneSettings.resumed(DIR)` reads a run's saved settings back (both shared with pretraining's
+`RunSettings`)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 from minibert.storage import checkpoint as ckpt
 from minibert.config import BertConfig
 from minibert.nn.optim import AdamWConfig
-from minibert.training.settings import _FIELD_RE, _FLAG_OF_FIELD, _is_int, _is_real, check_dtype_and_precision, flag
+from minibert.training.settings import RunSettings, _is_int, flag
 from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS
 
 SCRIPT = "scripts/finetune.py"
-TASKS = ("sequence", "token")
+CLASSIFIER_TASKS = ("sequence", "token")
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(RunSettings):
     """Everything a fine-tuning run depends on. Field names are the command-line flags (with - for _)."""
+
+    SCRIPT: ClassVar[str] = SCRIPT
+    KIND: ClassVar[str] = "fine-tuning"
+    MARKER: ClassVar[str | None] = "task"
 
     backend: str | None = None
     init_from: str | None = None      # a Mini-BERT run or a transformers BERT folder; None: the default run
@@ -55,11 +60,10 @@ class FinetuneSettings:
 
     def validate(self) -> None:
         """Raise on a bad value, naming the flag and showing the value, before any work starts."""
-        if self.backend is not None and not (isinstance(self.backend, str) and self.backend):
-            raise TypeError(f"--backend must be a backend name, got {self.backend!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        for name in ("epochs", "batch_size", "keep_checkpoints"):
+        self.validate_shared()
+        if self.task not in CLASSIFIER_TASKS:
+            raise ValueError(f"--task must be one of {', '.join(CLASSIFIER_TASKS)}, got {self.task!r}")
+        for name in ("epochs", "batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be a positive int, got {getattr(self, name)!r}")
         for name in ("eval_every", "save_every", "max_len", "warmup"):
@@ -69,15 +73,9 @@ class FinetuneSettings:
                 raise ValueError(f"{flag(name)} must be an int >= {low}, got {value!r}")
         if not _is_int(self.vocab_size) or self.vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"--vocab-size must be an int > {len(SPECIAL_TOKENS)}, got {self.vocab_size!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"--seed must be a non-negative int, got {self.seed!r}")
         if not _is_int(self.tag_column) or self.tag_column == 0:
             raise ValueError(f"--tag-column must be a non-zero int (column 0 holds the words; negative counts "
                              f"from the end), got {self.tag_column!r}")
-        for name in ("lr", "weight_decay", "clip_norm", "dropout"):
-            if not _is_real(getattr(self, name)):
-                raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
-        check_dtype_and_precision(self.dtype, self.precision)
         for name in ("out", "resume", "init_from", "train", "eval", "text_column", "text_pair_column",
                      "label_column"):
             value = getattr(self, name)
@@ -86,8 +84,6 @@ class FinetuneSettings:
         if self.from_scratch and self.init_from:
             raise ValueError("--from-scratch and --init-from cannot be used together: pick random weights or a "
                              "pretrained source")
-        if self.resume_fallback and not self.resume:
-            raise ValueError("--resume-fallback only applies with --resume DIR")
         if self.train is None and self.eval is not None:
             raise ValueError("--eval needs --train FILE too (without --train the built-in task is used, with its "
                              "own held-out split)")
@@ -100,12 +96,7 @@ class FinetuneSettings:
             raise ValueError("--regression applies to --task sequence only (one number per text)")
         if self.task == "token" and self.text_pair_column is not None:
             raise ValueError("--text-pair-column applies to --task sequence only")
-        try:                      # the ranges, as the classes that use them define them
-            AdamWConfig(lr=self.lr, weight_decay=self.weight_decay, clip_norm=self.clip_norm)
-            BertConfig.preset(self.config, hidden_dropout=self.dropout, attention_dropout=self.dropout)
-        except ValueError as exc:
-            message = _FIELD_RE.sub(lambda m: _FLAG_OF_FIELD[m.group(1)], str(exc))
-            raise ValueError(("--config: " if message.startswith("unknown preset") else "") + message) from None
+        self.check_ranges(lambda: AdamWConfig(lr=self.lr, weight_decay=self.weight_decay, clip_norm=self.clip_norm))
 
     def optimizer(self, steps: int) -> AdamWConfig:
         warmup = steps // 10 if self.warmup is None else self.warmup
@@ -124,17 +115,3 @@ class FinetuneSettings:
 RESUME_FIXED = ("init_from", "from_scratch", "config", "vocab_size", "task", "train", "eval", "text_column",
                 "text_pair_column", "label_column", "tag_column", "regression", "epochs", "batch_size", "lr",
                 "warmup", "weight_decay", "clip_norm", "max_len", "dropout", "seed", "freeze_encoder", "dtype", "precision")
-
-
-def resume_settings(run_dir, **overrides) -> FinetuneSettings:
-    """The saved settings of a fine-tuning run, with `overrides` (for `--resume DIR` given alone)."""
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"--resume {run_dir}: no such directory")
-    saved = ckpt.read_run_config(run_dir).get("training")
-    if not isinstance(saved, dict) or "task" not in saved:
-        raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.RUN_CONFIG} has no fine-tuning settings: --resume "
-                                   f"{run_dir} needs a run written by {SCRIPT}")
-    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
-    values = {k: v for k, v in saved.items() if k in fields}
-    values.update(overrides, resume=str(run_dir))
-    return FinetuneSettings(**values)

@@ -23,7 +23,7 @@ from minibert.nn.model import forward_backward, label_count
 from minibert.params import init_host_params
 from minibert.data.prepared import PreparedDataError, open_prepared, prepared_for_corpus
 from minibert.training.rundir import open_run
-from minibert.training.settings import RESUME_FIXED, TrainSettings, get_backend
+from minibert.training.settings import RESUME_FIXED, TrainSettings, get_backend, plural
 from minibert.data.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer, train_wordpiece
 
 # The held-out set is one fixed draw, the same in every evaluation and for every training recipe: its packing seed
@@ -45,10 +45,6 @@ class Data:
     baseline_token: int
     baseline_accuracy: float
     fingerprint: str = ""       # of the corpus (train and held-out documents): a resumed run must see the same
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def load_data(settings: TrainSettings, tokenizer: WordPieceTokenizer | None, log=print) -> Data:
@@ -109,12 +105,12 @@ def _batched(settings: TrainSettings, tokenizer: WordPieceTokenizer, train_seqs,
     num_train, num_heldout = len(_rows(train_seqs)), len(_rows(heldout_seqs))
     if num_train < settings.batch_size:
         raise ValueError(f"{corpus} is too small for one batch: its training part "
-                         f"({_count(num_train_docs, 'paragraph')}) packs into {_count(num_train, 'sequence')} "
+                         f"({plural(num_train_docs, 'paragraph')}) packs into {plural(num_train, 'sequence')} "
                          f"of --seq-len={settings.seq_len}, fewer than --batch-size={settings.batch_size}; "
                          "add text, or lower --seq-len or --batch-size")
     if num_heldout == 0:
         raise ValueError(f"{corpus} is too small: its held-out part ({num_heldout_docs} of "
-                         f"{_count(num_train_docs + num_heldout_docs, 'paragraph')}) gives no sequence of "
+                         f"{plural(num_train_docs + num_heldout_docs, 'paragraph')}) gives no sequence of "
                          f"--seq-len={settings.seq_len}; add text (at least a few paragraphs separated by blank "
                          "lines) or use a shorter --seq-len")
     masking = dict(special_ids=tokenizer.special_ids, mask_id=tokenizer.mask_id)

@@ -12,6 +12,7 @@ import numbers
 import os
 import re
 from dataclasses import dataclass
+from typing import Callable, ClassVar
 from pathlib import Path
 
 import backends
@@ -45,6 +46,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def plural(n: int, noun: str) -> str:
+    """"1 example", "3 examples": a count for a message."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -53,9 +59,67 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class RunSettings:
+    """What the settings of a pretraining run (`TrainSettings`) and a fine-tuning run
+    (`minibert.training.finetune_settings.FinetuneSettings`) share: the flags both have, checked the same way
+    (`validate_shared`, `check_ranges`), and a run's saved settings read back for `--resume DIR` (`resumed`).
+    Subclasses are frozen dataclasses with the fields backend, seed, keep_checkpoints, lr, weight_decay, clip_norm,
+    dropout, config, dtype, precision, resume and resume_fallback."""
+
+    SCRIPT: ClassVar[str] = ""                  # the script that writes such runs (for messages)
+    KIND: ClassVar[str] = ""                    # "pretraining", "fine-tuning"
+    MARKER: ClassVar[str | None] = None         # a key every saved run of this kind has
+    SAVED_BEFORE: ClassVar[dict] = {}           # flags added after runs were first saved: the value those ran with
+
+    def validate_shared(self) -> None:
+        """The shared flags' types and values; ValueError/TypeError naming the flag, before any work."""
+        if self.backend is not None and not (isinstance(self.backend, str) and self.backend):
+            raise TypeError(f"--backend must be a backend name, got {self.backend!r}")
+        if not _is_int(self.keep_checkpoints) or self.keep_checkpoints < 1:
+            raise ValueError(f"--keep-checkpoints must be a positive int, got {self.keep_checkpoints!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative int, got {self.seed!r}")
+        for name in ("lr", "weight_decay", "clip_norm", "dropout"):
+            if not _is_real(getattr(self, name)):
+                raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
+        check_dtype_and_precision(self.dtype, self.precision)
+        if self.resume_fallback and not self.resume:
+            raise ValueError("--resume-fallback only applies with --resume DIR")
+
+    def check_ranges(self, optimizer: Callable[[], AdamWConfig]) -> None:
+        """The ranges, as the classes that use them define them: `optimizer()` (AdamW with the schedule) and the
+        preset with the dropout; their messages given with the flag's name."""
+        try:
+            optimizer()
+            BertConfig.preset(self.config, hidden_dropout=self.dropout, attention_dropout=self.dropout)
+        except ValueError as exc:
+            message = _FIELD_RE.sub(lambda m: _FLAG_OF_FIELD[m.group(1)], str(exc))
+            raise ValueError(("--config: " if message.startswith("unknown preset") else "") + message) from None
+
+    @classmethod
+    def resumed(cls, run_dir, **overrides):
+        """The saved settings of the run in `run_dir`, with `overrides` (for `--resume DIR` given alone)."""
+        if not Path(run_dir).is_dir():
+            raise FileNotFoundError(f"--resume {run_dir}: no such directory")
+        saved = ckpt.read_run_config(run_dir).get("training")
+        if not isinstance(saved, dict) or (cls.MARKER is not None and cls.MARKER not in saved):
+            raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.RUN_CONFIG} has no {cls.KIND} settings (its "
+                                       f"\"training\" section): --resume {run_dir} needs a run written by "
+                                       f"{cls.SCRIPT}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {**cls.SAVED_BEFORE,
+                  **{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in fields}}
+        values.update(overrides, resume=str(run_dir))
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(RunSettings):
     """Everything a run depends on. Field names are the command-line flags (with - for _)."""
+
+    SCRIPT: ClassVar[str] = "scripts/train.py"
+    KIND: ClassVar[str] = "pretraining"
+    SAVED_BEFORE: ClassVar[dict] = {"mask_rate": 0.15, "lr_schedule": "linear"}
 
     backend: str | None = None
     config: str = "tiny"
@@ -100,9 +164,8 @@ class TrainSettings:
 
     def validate(self) -> None:
         """Raise on a bad value, naming the flag and showing the value, before any work starts."""
-        if self.backend is not None and not (isinstance(self.backend, str) and self.backend):
-            raise TypeError(f"--backend must be a backend name, got {self.backend!r}")
-        for name in ("steps", "batch_size", "accum_steps", "eval_every", "save_every", "keep_checkpoints"):
+        self.validate_shared()
+        for name in ("steps", "batch_size", "accum_steps", "eval_every", "save_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{flag(name)} must be a positive int, got {value!r}")
@@ -111,13 +174,8 @@ class TrainSettings:
                              f"{', '.join(SPECIAL_TOKENS)} come first), got {self.vocab_size!r}")
         if not _is_int(self.seq_len) or self.seq_len < 5:
             raise ValueError(f"--seq-len must be an int >= 5 ([CLS] a [SEP] b [SEP]), got {self.seq_len!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"--seed must be a non-negative int, got {self.seed!r}")
         if not _is_int(self.eval_batches) or self.eval_batches < 0:
             raise ValueError(f"--eval-batches must be an int >= 0 (0 = all), got {self.eval_batches!r}")
-        for name in ("lr", "weight_decay", "clip_norm", "dropout"):
-            if not _is_real(getattr(self, name)):
-                raise ValueError(f"{flag(name)} must be a finite number, got {getattr(self, name)!r}")
         if not _is_real(self.mask_rate) or not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"--mask-rate must be a number in (0, 1), the share of tokens to predict, "
                              f"got {self.mask_rate!r}")
@@ -126,7 +184,6 @@ class TrainSettings:
         if self.lr_schedule == "one-cycle" and self.warmup is not None:
             raise ValueError(f"--warmup {self.warmup!r} cannot be used with --lr-schedule one-cycle, whose peak is "
                              "at half the steps; use --lr-schedule linear --warmup N for another warm-up")
-        check_dtype_and_precision(self.dtype, self.precision)
         if not isinstance(self.corpus, (tuple, list)) or not all(isinstance(c, str) and c for c in self.corpus):
             raise TypeError(f"--corpus must be a list of file paths or globs, got {self.corpus!r}")
         if self.data is not None and self.corpus:
@@ -136,15 +193,8 @@ class TrainSettings:
                 raise TypeError(f"{flag(name)} must be a directory path, got {getattr(self, name)!r}")
         if self.resume and self.init_from:
             raise ValueError("--resume and --init-from cannot be used together: a resumed run already has weights")
-        if self.resume_fallback and not self.resume:
-            raise ValueError("--resume-fallback only applies with --resume DIR")
         self._validate_launch()
-        try:                      # the ranges, as the classes that use them define them
-            self.optimizer()
-            BertConfig.preset(self.config, hidden_dropout=self.dropout, attention_dropout=self.dropout)
-        except ValueError as exc:
-            message = _FIELD_RE.sub(lambda m: _FLAG_OF_FIELD[m.group(1)], str(exc))
-            raise ValueError(("--config: " if message.startswith("unknown preset") else "") + message) from None
+        self.check_ranges(self.optimizer)
 
     def _validate_launch(self) -> None:
         if self.devices is not None and self.devices != "all" and (not _is_int(self.devices) or self.devices < 1):
@@ -198,24 +248,6 @@ LAUNCH = ("devices", "distributed", "coordinator", "num_processes", "process_id"
 RESUME_FIXED = ("config", "corpus", "data", "vocab_size", "batch_size", "seq_len", "accum_steps", "mask_rate", "lr",
                 "lr_schedule", "warmup", "weight_decay", "clip_norm", "dropout", "seed", "dtype", "precision", "steps",
                 "init_from")
-# settings added after runs were first saved: the value a saved run without them was trained with
-_BEFORE_FLAG = {"mask_rate": 0.15, "lr_schedule": "linear"}
-
-
-def resume_settings(run_dir, **overrides) -> TrainSettings:
-    """The saved settings of a run, with `overrides` (for `--resume DIR` given alone)."""
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"--resume {run_dir}: no such directory")
-    saved = ckpt.read_run_config(run_dir).get("training")
-    if not isinstance(saved, dict):
-        raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.RUN_CONFIG} has no \"training\" section: "
-                                   f"--resume {run_dir} needs a run written by scripts/train.py")
-    fields = {f.name for f in dataclasses.fields(TrainSettings)}
-    values = {**_BEFORE_FLAG, **{k: (tuple(v) if k == "corpus" else v) for k, v in saved.items() if k in fields}}
-    values.update(overrides, resume=str(run_dir))
-    return TrainSettings(**values)
-
-
 def get_backend(name: str | None, dtype: str, precision: str = "fp32"):
     """The backend, with `dtype` and `precision` checked; errors say where the backend name came from."""
     try:
