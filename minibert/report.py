@@ -1,5 +1,5 @@
 """An evaluation report for a fine-tuned classifier (`scripts/evaluate.py RUN --report DIR`), from its outputs on
-labelled examples (`minibert.inference.classifier_outputs`):
+labelled examples (`minibert.evaluation.classifier_outputs`):
 
     report.json    the metrics, per-class precision / recall / F1 / support, the confusion matrix and, for BIO tags,
                    per-type span precision / recall / F1 (as seqeval's classification_report)
@@ -20,7 +20,7 @@ import numpy as np
 
 from minibert.config import BertConfig
 from minibert.storage.fileio import atomic_write_bytes, atomic_write_json
-from minibert.inference import scored_tags
+from minibert.evaluation import scored_tags
 from minibert.metrics import confusion_matrix, is_bio_tagset, per_class, span_f1_by_type
 
 REPORT, CONFUSION, ERRORS = "report.json", "confusion.png", "errors.csv"

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
 
 def _evaluate_classifier(args) -> int:
     from minibert.training.finetune import encode, load_task
-    from minibert.inference import classifier_metrics, classifier_outputs, load_classifier_run, summarize
+    from minibert.inference import load_classifier_run
+    from minibert.evaluation import classifier_metrics, classifier_outputs, summarize
     from minibert.report import table_lines, write_report
 
     settings, config, params, tokenizer, backend, max_len = load_classifier_run(args.run_dir, args.backend)

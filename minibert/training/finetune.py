@@ -7,7 +7,7 @@
 
 The loop is the one pretraining uses (`minibert.training.loop.run_loop`): checkpoints, resume, signals, NaN handling and
 metrics.jsonl work the same. The task supplies the data (`FinetuneBatcher`, padded to one shape), the loss
-(`classify_forward_backward`) and the metrics (`minibert.inference.evaluate_classifier`). The settings are
+(`classify_forward_backward`) and the metrics (`minibert.evaluation.evaluate_classifier`). The settings are
 `minibert.training.finetune_settings`; loading a fine-tuned run and predicting with it are in `minibert.inference`.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from minibert.data.finetune_data import (TaskData, check_example_labels, load_se
                                         read_sequence_file)
 from minibert.data.finetune_encode import EncodedExamples, FinetuneBatcher, encode_sequence_examples, encode_token_examples
 from minibert.training.finetune_settings import RESUME_FIXED, SCRIPT, FinetuneSettings
-from minibert.inference import evaluate_classifier, summarize
+from minibert.evaluation import evaluate_classifier, summarize
 from minibert.training.loop import LoopSettings, run_loop
 from minibert.nn.model import label_count
 from minibert.params import init_classifier_from, init_host_params

@@ -17,7 +17,7 @@ from minibert.data.batch import check_batch, device_batches
 from minibert.config import IGNORE_LABEL, PRESETS, BertConfig
 from minibert.data.corpus import corpus_fingerprint, load_corpus_files, load_default_corpus
 from minibert.data.mlm import MLMBatcher, PackedStream, build_datasets
-from minibert.inference import evaluate_mlm
+from minibert.evaluation import evaluate_mlm
 from minibert.training.loop import LoopSettings, run_loop
 from minibert.nn.model import forward_backward, label_count
 from minibert.params import init_host_params
