@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 HIDDEN_ACTS = ("gelu", "gelu_tanh")
 TASKS = ("mlm", "sequence", "token")
@@ -17,12 +18,22 @@ CLASSIFIER_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "clas
 IGNORE_LABEL = -100     # a label that asks for no prediction (the loss skips it), as in BERT
 
 # name: (num_layers, hidden_size, num_heads, intermediate_size, max_position, vocab_size)
+class Preset(NamedTuple):
+    """A named model size: the fields of `BertConfig` it sets."""
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    max_position: int
+    vocab_size: int
+
+
 PRESETS = {
-    "seed": (3, 192, 4, 768, 64, 8192),
-    "tiny": (2, 128, 2, 512, 128, 8192),
-    "mini": (4, 256, 4, 1024, 512, 8192),
-    "small": (4, 512, 8, 2048, 512, 8192),
-    "base": (12, 768, 12, 3072, 512, 30522),
+    "seed": Preset(3, 192, 4, 768, 64, 8192),
+    "tiny": Preset(2, 128, 2, 512, 128, 8192),
+    "mini": Preset(4, 256, 4, 1024, 512, 8192),
+    "small": Preset(4, 512, 8, 2048, 512, 8192),
+    "base": Preset(12, 768, 12, 3072, 512, 30522),
 }
 
 
@@ -166,9 +177,7 @@ class BertConfig:
         """A named size (`seed`, `tiny`, `mini`, `small`, `base`), with any field overridden."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-        layers, hidden, heads, ffn, max_pos, vocab = PRESETS[name]
-        fields = dict(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=ffn,
-                      max_position=max_pos, vocab_size=vocab)
+        fields = PRESETS[name]._asdict()
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"BertConfig.preset({name!r}): unknown fields {unknown}; "

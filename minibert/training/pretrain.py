@@ -240,7 +240,7 @@ def train(settings: TrainSettings, log=print) -> dict:
             log(f"{run.path} is already complete: {run.resume.checkpoint.name} is step {run.resume.step} of "
                 f"--steps={settings.steps}; nothing to do")
             return {"step": run.resume.step, "run_dir": str(run.path), "complete": True}
-        max_position = config.max_position if config is not None else PRESETS[settings.config][4]
+        max_position = config.max_position if config is not None else PRESETS[settings.config].max_position
         if settings.seq_len > max_position:
             raise ValueError(f"--seq-len={settings.seq_len} is longer than the model's max_position="
                              f"{max_position}; allowed: 5..{max_position}")
