@@ -192,19 +192,14 @@ def _model_plan(settings: FinetuneSettings, run, data: TaskData, log) -> tuple:
     """(classifier config, tokenizer, initial host params or None when resuming, run_config entries),
     checked before any tokenization."""
     if run.resume is not None:
-        config = ckpt.run_model_config(run.path)
-        wanted = classifier_config(config, data, settings.dropout)
-        if (config.num_labels, config.id2label) != (wanted.num_labels, wanted.id2label):
-            raise ckpt.CheckpointError(
-                f"cannot resume {run.path}: the run has num_labels={config.num_labels} "
-                f"({list(config.id2label.values())}), but {settings.train or BUILTIN} now gives "
-                f"num_labels={wanted.num_labels} ({list(wanted.id2label.values())}); the training labels changed")
-        ckpt.check_checkpoint_tensors(run.resume.checkpoint, config, settings.dtype)
-        try:
-            tokenizer = load_tokenizer(run.path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{run.path / 'vocab.txt'} not found: --resume {run.path} needs the run's own "
-                                    "vocabulary") from None
+        def same_labels(config):
+            wanted = classifier_config(config, data, settings.dropout)
+            if (config.num_labels, config.id2label) != (wanted.num_labels, wanted.id2label):
+                raise ckpt.CheckpointError(
+                    f"cannot resume {run.path}: the run has num_labels={config.num_labels} "
+                    f"({list(config.id2label.values())}), but {settings.train or BUILTIN} now gives "
+                    f"num_labels={wanted.num_labels} ({list(wanted.id2label.values())}); the training labels changed")
+        config, tokenizer = run.resumed_model(settings.dtype, same_labels)
         return config, tokenizer, None, {}
     if settings.from_scratch:
         tokenizer = train_wordpiece(task_texts(data), settings.vocab_size)

@@ -25,7 +25,6 @@ class FinetuneSettings(RunSettings):
     KIND: ClassVar[str] = "fine-tuning"
     MARKER: ClassVar[str | None] = "task"
 
-    backend: str | None = None
     init_from: str | None = None      # a Mini-BERT run or a transformers BERT folder; None: the default run
     from_scratch: bool = False        # random weights of the --config preset instead
     config: str = "seed"              # the preset for --from-scratch
@@ -46,17 +45,9 @@ class FinetuneSettings(RunSettings):
     clip_norm: float = 1.0
     max_len: int | None = None        # None = min(128, the model's max_position)
     dropout: float = 0.1
-    seed: int = 0
     freeze_encoder: bool = False
     eval_every: int | None = None     # None = once per epoch
     save_every: int | None = None     # None = once per epoch
-    keep_checkpoints: int = 3
-    dtype: str = "float32"
-    precision: str = "fp32"        # fp32 | bf16 | fp16: the matmuls' dtype (minibert.nn.precision)
-    out: str | None = None
-    resume: str | None = None
-    resume_fallback: bool = False
-    progress: bool = True
 
     def validate(self) -> None:
         """Raise on a bad value, naming the flag and showing the value, before any work starts."""

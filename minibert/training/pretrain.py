@@ -183,14 +183,7 @@ def _model_plan(settings: TrainSettings, run, log) -> tuple:
     """(model config or None for the preset, tokenizer to use or None to train one, initial weights or None),
     checked before any data is read."""
     if run.resume is not None:
-        config = ckpt.run_model_config(run.path)
-        ckpt.check_checkpoint_tensors(run.resume.checkpoint, config, settings.dtype)
-        try:
-            tokenizer = load_tokenizer(run.path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{run.path / 'vocab.txt'} not found: --resume {run.path} needs the run's own "
-                                    "vocabulary") from None
-        return config, tokenizer, None
+        return (*run.resumed_model(settings.dtype), None)
     if settings.init_from:
         from minibert.interop.hf import masked_lm_from_transformers
         tokenizer = load_tokenizer(settings.init_from)

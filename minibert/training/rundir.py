@@ -126,6 +126,22 @@ class RunDir:
             raise self._io_error(f"checkpoint {ckpt.checkpoint_name(step)} (step {step})", exc) from None
         return self.last_checkpoint
 
+    def resumed_model(self, dtype: str, check=None) -> tuple:
+        """(the run's model config, its tokenizer) for a resumed run: `check(config)` first where given (a task's own
+        condition, e.g. unchanged labels), then the checkpoint's tensors against the config and `dtype`, then the
+        run's vocabulary, which must be there."""
+        from minibert.data.tokenizer import load_tokenizer
+
+        config = ckpt.run_model_config(self.path)
+        if check is not None:
+            check(config)
+        ckpt.check_checkpoint_tensors(self.resume.checkpoint, config, dtype)
+        try:
+            return config, load_tokenizer(self.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path / 'vocab.txt'} not found: --resume {self.path} needs the run's own "
+                                    "vocabulary") from None
+
     def plot(self, strict: bool = True) -> None:
         """loss.png from metrics.jsonl; `strict=False` (while another error is being reported) ignores I/O errors."""
         try:

@@ -59,12 +59,23 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@dataclass(frozen=True)
 class RunSettings:
     """What the settings of a pretraining run (`TrainSettings`) and a fine-tuning run
-    (`minibert.training.finetune_settings.FinetuneSettings`) share: the flags both have, checked the same way
-    (`validate_shared`, `check_ranges`), and a run's saved settings read back for `--resume DIR` (`resumed`).
-    Subclasses are frozen dataclasses with the fields backend, seed, keep_checkpoints, lr, weight_decay, clip_norm,
-    dropout, config, dtype, precision, resume and resume_fallback."""
+    (`minibert.training.finetune_settings.FinetuneSettings`) share: the flags both have with the same default
+    (below), checked the same way with the ones whose defaults differ (lr, weight_decay, clip_norm, dropout,
+    config: `validate_shared`, `check_ranges`), and a run's saved settings read back for `--resume DIR`
+    (`resumed`)."""
+
+    backend: str | None = None
+    seed: int = 0
+    keep_checkpoints: int = 3
+    dtype: str = "float32"
+    precision: str = "fp32"        # fp32 | bf16 | fp16: the matmuls' dtype (minibert.nn.precision)
+    out: str | None = None
+    resume: str | None = None
+    resume_fallback: bool = False
+    progress: bool = True
 
     SCRIPT: ClassVar[str] = ""                  # the script that writes such runs (for messages)
     KIND: ClassVar[str] = ""                    # "pretraining", "fine-tuning"
@@ -121,7 +132,6 @@ class TrainSettings(RunSettings):
     KIND: ClassVar[str] = "pretraining"
     SAVED_BEFORE: ClassVar[dict] = {"mask_rate": 0.15, "lr_schedule": "linear"}
 
-    backend: str | None = None
     config: str = "tiny"
     corpus: tuple[str, ...] = ()
     data: str | None = None         # a prepared corpus (scripts/prepare_data.py): memory-mapped, streamed
@@ -137,19 +147,11 @@ class TrainSettings(RunSettings):
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     dropout: float = 0.0
-    seed: int = 0
     eval_every: int = 200
     eval_batches: int = 0          # 0 = the whole held-out split
     save_every: int = 500
-    keep_checkpoints: int = 3
-    dtype: str = "float32"
-    precision: str = "fp32"        # fp32 | bf16 | fp16: the matmuls' dtype (minibert.nn.precision)
-    out: str | None = None
-    resume: str | None = None
-    resume_fallback: bool = False
     init_from: str | None = None
     skip_nonfinite: bool = False
-    progress: bool = True
     # how the run is launched (not stored in config.json: a resumed run may use other devices and hosts)
     devices: int | str | None = None    # None = 1, or "all" with several processes
     distributed: bool = False           # join a cluster JAX detects (Slurm, Open MPI, ...)
