@@ -13,7 +13,8 @@ import pytest
 from minibert.data import prepared
 from minibert.data.corpus import load_corpus_files
 from minibert.data.mlm import PackedStream, pack_sequences
-from minibert.data.prepared import PreparedDataError, open_prepared, prepare_corpus
+from minibert.data.prepared import prepare_corpus
+from minibert.data.shards import PreparedDataError, open_prepared
 from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
 from support import latest_tensors, load_script, write_corpus
 

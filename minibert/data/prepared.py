@@ -13,13 +13,13 @@ holds out documents exactly as `minibert.data.corpus.load_corpus_files` does (so
 documents, tokens and packed sequences as the in-memory one), tokenizes batches of documents in parallel (Rust),
 and appends them to the shards. Everything is written into `DATA_DIR.partial-<pid>` and renamed to DATA_DIR when
 complete: an interrupted prepare leaves no DATA_DIR, and the next one removes the dead partial and starts again.
-`open_prepared` checks the manifest against its shards (sizes; sha256 with `verify`) before any training.
+`minibert.data.shards.open_prepared` reads it back, checking the manifest against its shards (sizes; sha256 with
+`verify`) before any training.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -27,129 +27,19 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from minibert.data.corpus import HELDOUT_FRACTION, expand_corpus_paths, stream_documents
-from minibert.storage.fileio import _pid_alive, atomic_write_json, sha256_file
+from minibert.storage.fileio import _pid_alive, atomic_write_json
+from minibert.data.shards import FORMAT, MANIFEST, SPLITS, _shard_name
 from minibert.data.tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-SPLITS = ("train", "heldout")
 SAMPLE_BYTES = 64 << 20             # the WordPiece is trained on at most this much training text (the first of it)
 SHARD_TOKENS = 1 << 27              # tokens a shard holds at most (256 MB of uint16)
 ENCODE_BATCH_BYTES = 1 << 20        # text tokenized per encode_batch call (its Encodings take ~100x that)
 
-
-class PreparedDataError(ValueError):
-    """A prepared corpus that is incomplete, inconsistent or from another tokenizer (message names the file)."""
-
-
-class TokenShards:
-    """The token stream of one split, over its memory-mapped shards: `len()`, `take(positions)`, slicing."""
-
-    def __init__(self, paths: list[Path], dtype: str):
-        self.maps = [np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size
-                     else np.zeros(0, dtype) for path in paths]
-        self.ends = np.cumsum([len(m) for m in self.maps], dtype=np.int64)
-        self.starts = self.ends - [len(m) for m in self.maps]
-
-    def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def take(self, positions) -> np.ndarray:
-        """Tokens at the global `positions` (any shape) as int32."""
-        positions = np.asarray(positions, dtype=np.int64)
-        flat = positions.reshape(-1)
-        out = np.empty(flat.shape, np.int32)
-        shard = np.searchsorted(self.ends, flat, side="right")
-        for s in np.unique(shard):
-            where = shard == s
-            out[where] = self.maps[s][flat[where] - self.starts[s]]
-        return out.reshape(positions.shape)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        start, stop, step = index.indices(len(self))
-        return self.take(np.arange(start, stop, step))
-
-
-@dataclass
-class Prepared:
-    """An opened prepared corpus: its directory, manifest, tokenizer and the two token streams."""
-    path: Path
-    manifest: dict
-    tokenizer: WordPieceTokenizer
-    train: TokenShards
-    heldout: TokenShards
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
-
-    def train_counts(self) -> np.ndarray:
-        """How often each token id occurs in the training split (int64 [vocab_size])."""
-        return np.fromfile(self.path / "train.counts", dtype="<i8")
-
-
-def _shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:05d}.bin"
-
-
-def open_prepared(data_dir, verify: bool = False) -> Prepared:
-    """Open DATA_DIR written by `prepare_corpus`: the manifest, every shard's size (and sha256 with `verify`) and
-    the tokenizer checked before anything is read. A PreparedDataError names what does not fit."""
-    path = Path(data_dir)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        partial = sorted(p.name for p in path.parent.glob(path.name + ".partial-*")) if path.parent.is_dir() else []
-        raise PreparedDataError(f"--data {path}: no {MANIFEST} there, so not a finished prepared corpus"
-                                + (f" ({', '.join(partial)} is an unfinished prepare; run it again)" if partial
-                                   else "; make one with scripts/prepare_data.py --corpus FILES --out DIR"))
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise PreparedDataError(f"{manifest_path}: format {manifest.get('format')!r}, this Mini-BERT reads "
-                                    f"format {FORMAT}")
-        splits = {split: manifest["splits"][split] for split in SPLITS}
-        dtype = manifest["dtype"]
-    except (ValueError, KeyError, TypeError) as exc:
-        if isinstance(exc, PreparedDataError):
-            raise
-        raise PreparedDataError(f"{manifest_path} is not a prepared-corpus manifest ({exc})") from None
-    itemsize = np.dtype(dtype).itemsize
-    streams = {}
-    for split, entry in splits.items():
-        paths = []
-        for shard in entry["shards"]:
-            shard_path = path / shard["file"]
-            if not shard_path.is_file():
-                raise PreparedDataError(f"{shard_path} is missing (listed in {manifest_path})")
-            size = shard_path.stat().st_size
-            if size != shard["tokens"] * itemsize:
-                raise PreparedDataError(f"{shard_path} holds {size} bytes, but {MANIFEST} says {shard['tokens']} "
-                                        f"{dtype} tokens ({shard['tokens'] * itemsize} bytes): truncated or "
-                                        "not this corpus's; prepare it again")
-            if verify and sha256_file(shard_path) != shard["sha256"]:
-                raise PreparedDataError(f"{shard_path}: sha256 differs from {MANIFEST}'s: the shard changed")
-            paths.append(shard_path)
-        streams[split] = TokenShards(paths, dtype)
-        if len(streams[split]) != entry["tokens"]:
-            raise PreparedDataError(f"{manifest_path}: the {split} shards hold {len(streams[split])} tokens, the "
-                                    f"manifest says {entry['tokens']}")
-    try:
-        tokenizer = load_tokenizer(path)
-    except (OSError, ValueError) as exc:
-        raise PreparedDataError(f"--data {path}: its tokenizer cannot be read ({exc})") from None
-    if tokenizer.vocab_size != manifest["vocab_size"]:
-        raise PreparedDataError(f"{path}/vocab.txt has {tokenizer.vocab_size} tokens, {MANIFEST} says "
-                                f"{manifest['vocab_size']}")
-    return Prepared(path, manifest, tokenizer, streams["train"], streams["heldout"])
-
-
-# --- writing ----------------------------------------------------------------------------------------------------------
 
 class _SplitWriter:
     """Appends tokenized documents of one split to its shards and its document index."""

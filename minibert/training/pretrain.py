@@ -21,7 +21,8 @@ from minibert.evaluation import evaluate_mlm
 from minibert.training.loop import LoopSettings, run_loop
 from minibert.nn.model import forward_backward, label_count
 from minibert.params import init_host_params
-from minibert.data.prepared import PreparedDataError, open_prepared, prepared_for_corpus
+from minibert.data.prepared import prepared_for_corpus
+from minibert.data.shards import PreparedDataError, open_prepared
 from minibert.training.rundir import open_run
 from minibert.training.settings import RESUME_FIXED, TrainSettings, get_backend, plural
 from minibert.data.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer, train_wordpiece
