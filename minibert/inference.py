@@ -15,6 +15,7 @@ from minibert.config import BertConfig
 from minibert.data.finetune_encode import encode_texts, encode_words, pad_batch
 from minibert.training.finetune_settings import CLASSIFIER_TASKS, FinetuneSettings
 from minibert.data.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer
+from minibert.metrics import softmax
 
 
 def is_run_dir(path) -> bool:
@@ -70,14 +71,19 @@ def fill_mask(text: str, config, params, tokenizer: WordPieceTokenizer, backend,
         raise ValueError(f"text is {len(ids)} tokens with [CLS]/[SEP], more than max_position={config.max_position}; "
                          "shorten it")
     logits = backend.to_numpy(mlm_logits(params, np.asarray([ids], np.int32), config=config, backend=backend))[0]
-    fills = []
-    for position in positions:
-        row = logits[position].astype(np.float64)
-        probs = np.exp(row - row.max())
-        probs /= probs.sum()
-        best = np.argsort(-probs)[:top_k]
-        fills.append([(tokenizer.id_to_token(int(i)), float(probs[i])) for i in best])
-    return fills
+    return [top_fills(logits[position], tokenizer, top_k) for position in positions]
+
+
+def top_fills(logits_row, tokenizer: WordPieceTokenizer, top_k: int) -> list[tuple[str, float]]:
+    """The `top_k` (token, probability) of one position's MLM logits [V], most likely first (ties: lower id)."""
+    probs = softmax(logits_row)
+    return [(tokenizer.id_to_token(int(i)), float(probs[i])) for i in np.argsort(-probs, kind="stable")[:top_k]]
+
+
+def label_probabilities(probs_row, config: BertConfig) -> tuple[str, dict[str, float]]:
+    """(the most likely label, {label: probability}) from one row of class probabilities [C]."""
+    return (config.id2label[int(probs_row.argmax())],
+            {config.id2label[i]: float(p) for i, p in enumerate(probs_row)})
 
 
 def load_classifier_run(run_dir, backend_name: str | None = None):
@@ -111,9 +117,6 @@ def predict_text(text: str, config: BertConfig, params, tokenizer: WordPieceToke
     logits = logits.astype(np.float64)[0]                                  # [C] or [T, C]
     if config.problem_type == "regression":
         return [(f"{logits[0]:.4f}", {})]
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
+    probs = softmax(logits)
     rows = [probs] if config.task == "sequence" else [probs[i] if i >= 0 else None for i in encoded.word_starts[0]]
-    return [("", {}) if row is None else
-            (config.id2label[int(row.argmax())], {config.id2label[i]: float(p) for i, p in enumerate(row)})
-            for row in rows]
+    return [("", {}) if row is None else label_probabilities(row, config) for row in rows]

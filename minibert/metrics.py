@@ -12,6 +12,14 @@ import numpy as np
 IGNORE_LABEL = -100
 
 
+def softmax(logits) -> np.ndarray:
+    """Probabilities over the last axis, in float64: exp(z - max z) / sum exp(z - max z) (the max subtracted so
+    nothing overflows)."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def accuracy(predictions, labels) -> float:
     """Fraction of predictions equal to their label: mean(pred == label)."""
     predictions, labels = _paired(predictions, labels)

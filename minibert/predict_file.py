@@ -30,8 +30,9 @@ import numpy as np
 
 from minibert.api import classify_logits, mlm_logits
 from minibert.data.finetune_data import DEFAULT_TEXT_COLUMNS, DataFileError
-from minibert.data.finetune_encode import encode_texts, encode_words, pad_batch
-from minibert.inference import load_classifier_run, load_run, model_config
+from minibert.data.finetune_encode import encode_texts, encode_words
+from minibert.inference import label_probabilities, load_classifier_run, load_run, model_config, top_fills
+from minibert.metrics import softmax
 
 INPUT_EXTENSIONS = (".txt", ".csv", ".tsv", ".jsonl")
 OUTPUT_EXTENSIONS = (".jsonl", ".csv")
@@ -240,35 +241,25 @@ class Predictor:
         return [self._classified(row, logits[r], encodings[r][1]) for r, row in enumerate(rows)]
 
     def _fills(self, row: Row, logits, positions) -> dict:
-        fills = []
-        for position in positions:
-            probs = _softmax(logits[position].astype(np.float64))
-            best = np.argsort(-probs, kind="stable")[:self.top_k]
-            fills.append([{"token": self.tokenizer.id_to_token(int(i)), "probability": float(probs[i])}
-                          for i in best])
+        fills = [[{"token": token, "probability": p} for token, p in top_fills(logits[position], self.tokenizer,
+                                                                               self.top_k)]
+                 for position in positions]
         return {**_base(row), "fills": fills}
 
     def _classified(self, row: Row, logits, extra) -> dict:
-        labels = self.config.id2label
         if self.kind == "regression":
             return {**_base(row), "value": float(logits[0])}
+        probs = softmax(logits)                                           # [C] or [T, C]
         if self.kind == "sequence":
-            probs = _softmax(logits)
-            return {**_base(row), "label": labels[int(probs.argmax())],
-                    "probabilities": {labels[i]: float(p) for i, p in enumerate(probs)}}
-        probs = _softmax(logits)                                          # [T, C]
-        tags = ["" if start < 0 else labels[int(probs[start].argmax())] for start in extra]
-        scores = [None if start < 0 else float(probs[start].max()) for start in extra]
-        return {**_base(row), "words": row.text.split(), "tags": tags, "tag_probabilities": scores}
+            label, probabilities = label_probabilities(probs, self.config)
+            return {**_base(row), "label": label, "probabilities": probabilities}
+        words = [None if start < 0 else label_probabilities(probs[start], self.config) for start in extra]
+        return {**_base(row), "words": row.text.split(), "tags": ["" if w is None else w[0] for w in words],
+                "tag_probabilities": [None if w is None else w[1][w[0]] for w in words]}
 
 
 def _base(row: Row) -> dict:
     return {"line": row.line, "text": row.text, **({} if row.text_pair is None else {"text_pair": row.text_pair})}
-
-
-def _softmax(logits):
-    exp = np.exp(logits - logits.max(-1, keepdims=True))
-    return exp / exp.sum(-1, keepdims=True)
 
 
 def load_predictor(model_dir: str, backend_name: str | None, top_k: int = 5) -> Predictor:

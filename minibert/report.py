@@ -21,14 +21,9 @@ import numpy as np
 from minibert.config import BertConfig
 from minibert.storage.fileio import atomic_write_bytes, atomic_write_json
 from minibert.evaluation import scored_tags
-from minibert.metrics import confusion_matrix, is_bio_tagset, per_class, span_f1_by_type
+from minibert.metrics import confusion_matrix, is_bio_tagset, per_class, softmax, span_f1_by_type
 
 REPORT, CONFUSION, ERRORS = "report.json", "confusion.png", "errors.csv"
-
-
-def _softmax(logits):
-    exp = np.exp(logits - logits.max(-1, keepdims=True))
-    return exp / exp.sum(-1, keepdims=True)
 
 
 def write_report(folder, examples: list, encoded, logits, targets, config: BertConfig, metrics: dict) -> dict:
@@ -42,7 +37,7 @@ def write_report(folder, examples: list, encoded, logits, targets, config: BertC
         errors = _regression_errors(examples, logits[:, 0])
     else:
         names = [config.id2label[i] for i in range(config.num_labels)]
-        predictions, probs = logits.argmax(-1), _softmax(logits)
+        predictions, probs = logits.argmax(-1), softmax(logits)
         report["classes"] = per_class(predictions.ravel(), targets.ravel(), names)
         counts = confusion_matrix(predictions.ravel(), targets.ravel(), len(names))
         report["confusion"] = {"labels": names, "counts": counts.tolist(), "rows": "true", "columns": "predicted"}

@@ -16,6 +16,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import re  # noqa: E402
 from functools import partial  # noqa: E402
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import backends  # noqa: E402
@@ -26,7 +27,7 @@ from minibert.nn.step import accumulate_gradients  # noqa: E402
 
 one = backends.get_backend("jax")
 four = one.data_parallel(4)
-print(f"{len(one._jax.devices())} devices: {one._jax.devices()}")
+print(f"{len(jax.devices())} devices: {jax.devices()}")
 
 # %% [markdown]
 # A small model and one batch of 8 sequences, with a different number of labelled tokens in each row (so the

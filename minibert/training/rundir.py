@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minibert.data.tokenizer import load_tokenizer
 from minibert.storage import checkpoint as ckpt
 from minibert.storage.fileio import DirectoryLock, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 
@@ -130,8 +131,6 @@ class RunDir:
         """(the run's model config, its tokenizer) for a resumed run: `check(config)` first where given (a task's own
         condition, e.g. unchanged labels), then the checkpoint's tensors against the config and `dtype`, then the
         run's vocabulary, which must be there."""
-        from minibert.data.tokenizer import load_tokenizer
-
         config = ckpt.run_model_config(self.path)
         if check is not None:
             check(config)
