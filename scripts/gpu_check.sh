@@ -272,21 +272,27 @@ else
     BENCH=(--presets tiny --batch-size 4 --seq-len 32 --repeats 2 --infer-repeats 1 --warmup 1 --max-warmup 1
            --gemm-size 128 --gemm-repeats 1 --scatter-repeats 2 --pause 0 --burst-warmup 0 --timeout 120)
 fi
-T=$(( $(left) - 135 ))      # 75 s kept for the bf16 benchmark, 60 s for the training runs
-if [ $T -lt 30 ]; then
-    note "no time left for the benchmark"; STATUS=1
-else
-    note "benchmark: ${BENCH[*]} --backends $LIST --reference-variants '$REFS' (limit ${T}s)"
-    (cd "$ROOT" && timeout -s INT -k 15 "$T" "$PY" scripts/benchmark.py "${BENCH[@]}" --backends "$LIST" \
-        --reference-variants "$REFS" --json "$OUTDIR/benchmark.json") > "$OUTDIR/benchmark.txt"
-    RC=$?
-    cat "$OUTDIR/benchmark.txt"
-    case $RC in
-        0) note "benchmark done: benchmark.json" ;;
-        124|130|137) note "benchmark stopped by the ${T}s limit; finished presets are in benchmark.json"; STATUS=1 ;;
-        *) note "benchmark exit $RC (a library failed?)"; STATUS=1 ;;
+# run_benchmark LABEL JSON RESERVE ARGS...: scripts/benchmark.py ARGS against the PyTorch references of $REFS, its
+# report in OUTDIR/JSON and its text appended to benchmark.txt, limited to the time left minus RESERVE seconds
+: > "$OUTDIR/benchmark.txt"
+run_benchmark() {
+    local label=$1 json=$2 limit=$(( $(left) - $3 ))
+    shift 3
+    if [ $limit -lt 30 ]; then
+        note "no time left for the $label"; STATUS=1; return
+    fi
+    note "$label: $* --reference-variants '$REFS' (limit ${limit}s)"
+    (cd "$ROOT" && timeout -s INT -k 15 "$limit" "$PY" scripts/benchmark.py "$@" --reference-variants "$REFS" \
+        --json "$OUTDIR/$json") > "$WORK/${json%.json}.txt"
+    local rc=$?
+    tee -a "$OUTDIR/benchmark.txt" < "$WORK/${json%.json}.txt"
+    case $rc in
+        0) note "$label done: $json" ;;
+        124|130|137) note "$label stopped by the ${limit}s limit; finished presets are in $json"; STATUS=1 ;;
+        *) note "$label exit $rc (a library failed, or has no bf16? see benchmark.txt)"; STATUS=1 ;;
     esac
-fi
+}
+run_benchmark benchmark benchmark.json 135 "${BENCH[@]}" --backends "$LIST"   # 75 s kept for bf16, 60 for training
 # bf16 mixed precision: each GPU backend's bf16 step beside its fp32 step, and torch's own (the Mini-BERT torch
 # backend on CUDA, and PyTorch under torch.autocast), on one preset; the text goes after the fp32 tables
 if [ "$MODE" = gpu ]; then
@@ -297,22 +303,7 @@ else
     BF16=("${BENCH[@]}")
     BF16_BACKENDS=$LIST$(echo "$PROBE" | grep -q "^torch=ok" && echo ",torch")
 fi
-T=$(( $(left) - 60 ))
-if [ $T -lt 30 ]; then
-    note "no time left for the bf16 benchmark"; STATUS=1
-else
-    note "bf16 benchmark: ${BF16[*]} --precision bf16 --backends $BF16_BACKENDS (limit ${T}s)"
-    (cd "$ROOT" && timeout -s INT -k 15 "$T" "$PY" scripts/benchmark.py "${BF16[@]}" --precision bf16 \
-        --backends "$BF16_BACKENDS" --reference-variants "${REFS:-eager:all}" \
-        --json "$OUTDIR/benchmark-bf16.json") > "$WORK/benchmark-bf16.txt"
-    RC=$?
-    cat "$WORK/benchmark-bf16.txt" | tee -a "$OUTDIR/benchmark.txt"
-    case $RC in
-        0) note "bf16 benchmark done: benchmark-bf16.json (its text appended to benchmark.txt)" ;;
-        124|130|137) note "bf16 benchmark stopped by the ${T}s limit"; STATUS=1 ;;
-        *) note "bf16 benchmark exit $RC (a library without bf16? see benchmark.txt)"; STATUS=1 ;;
-    esac
-fi
+run_benchmark "bf16 benchmark" benchmark-bf16.json 60 "${BF16[@]}" --precision bf16 --backends "$BF16_BACKENDS"
 
 # --- 5. training -----------------------------------------------------------------------------------------------
 if [ "$MODE" = gpu ]; then
