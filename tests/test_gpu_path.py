@@ -57,7 +57,7 @@ def test_flat_target_index_is_64_bit(backend):
     logits = backend.asarray(rng.standard_normal((6, 11)).astype(np.float32))
     labels = backend.asarray(np.array([0, 10, 3, 3, 7, 1], np.int32))
     weights = backend.asarray(np.ones(6, np.float32))
-    _, cache = cross_entropy_forward(logits, labels, weights, backend)
+    _, cache = cross_entropy_forward(logits, labels, weights)
     flat_target = cache.flat_target
     wide = not (backend.name == "jax" and not backend.supports_float64)
     assert flat_target.dtype == backend.dtype("int64" if wide else "int32")

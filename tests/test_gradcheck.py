@@ -126,11 +126,11 @@ def _embedding(backend, rng):
     inputs = {"table": rng.standard_normal((5, 4))}
 
     def forward(a):
-        return ops.embedding_forward(backend.asarray(ids_host), a["table"], backend)[0]
+        return ops.embedding_forward(backend.asarray(ids_host), a["table"])[0]
 
     def backward(a, dy):
-        return {"table": ops.embedding_backward(dy, ops.embedding_forward(backend.asarray(ids_host), a["table"],
-                                                                          backend)[1])[1]["weight"]}
+        cache = ops.embedding_forward(backend.asarray(ids_host), a["table"])[1]
+        return {"table": ops.embedding_backward(dy, cache, backend)[1]["weight"]}
     return inputs, forward, backward, (6, 4)
 
 
@@ -162,13 +162,11 @@ def _cross_entropy(backend, rng):
     inputs = {"z": rng.standard_normal((5, 6)) * 2}
 
     def forward(a):
-        return cross_entropy_forward(a["z"], backend.asarray(labels), backend.asarray(weights, dtype="float64"),
-                                     backend)[0]
+        return cross_entropy_forward(a["z"], backend.asarray(labels), backend.asarray(weights, dtype="float64"))[0]
 
     def backward(a, dy):
-        cache = cross_entropy_forward(a["z"], backend.asarray(labels), backend.asarray(weights, dtype="float64"),
-                                      backend)[1]
-        return {"z": cross_entropy_backward(dy, cache)[0]}
+        cache = cross_entropy_forward(a["z"], backend.asarray(labels), backend.asarray(weights, dtype="float64"))[1]
+        return {"z": cross_entropy_backward(dy, cache, backend)[0]}
     return inputs, forward, backward, ()
 
 

@@ -14,7 +14,7 @@ import minibert.api
 from backends import numpy_backend
 from support import ROOT, random_batch
 from minibert import BertConfig, init_params
-from minibert.nn import model, ops
+from minibert.nn import heads, model, ops
 from minibert.nn.attention import attention_backward, attention_forward, mask_bias
 from minibert.data.batch import check_batch, device_batch
 from minibert.nn.loss import cross_entropy_backward, cross_entropy_forward
@@ -26,7 +26,9 @@ MATH = ("ops", "attention", "loss", "model", "heads", "classify")
 
 
 def _cases(be):
-    """name -> (backward, d_out, cache) for every backward of the model, from a real forward on float64 arrays."""
+    """name -> (backward, d_out, cache, passed) for every backward of the model, from a real forward on float64
+    arrays; `passed` are the arguments after the cache (the backend, and the config, for the backwards that
+    need them: never stored in a cache)."""
     rng = np.random.default_rng(0)
 
     def arr(*shape):
@@ -41,6 +43,8 @@ def _cases(be):
                                                   arrays.attention_mask, SMALL, be, be.key(1))
     logits, head_cache = model.mlm_head_forward(params, hidden, SMALL, be)
     labels = be.asarray(np.array([2, 0, 1, 2, 1, 0], np.int32))
+    classifier_params = {"pooler.dense.weight": arr(4, 4), "pooler.dense.bias": arr(4),
+                         "classifier.weight": arr(4, 3), "classifier.bias": arr(3)}
     forwards = {
         "linear": (ops.linear_backward, ops.linear_forward(x, w, b)),
         "layernorm": (ops.layernorm_backward, ops.layernorm_forward(x, arr(4), arr(4), 1e-12)),
@@ -48,20 +52,26 @@ def _cases(be):
         "gelu_tanh": (ops.gelu_backward, ops.gelu_forward(x, be, approximate=True)),
         "softmax": (ops.softmax_backward, ops.softmax_forward(x)),
         "dropout": (ops.dropout_backward, ops.dropout_forward(x, 0.3, be.key(2), be)),
-        "embedding": (ops.embedding_backward, ops.embedding_forward(ids, arr(5, 4), be)),
+        "no_dropout": (ops.dropout_backward, ops.dropout_forward(x, 0.3, None, be)),
+        "embedding": (ops.embedding_backward, ops.embedding_forward(ids, arr(5, 4))),
         "attention": (attention_backward, attention_forward(arr(6, 4), arr(4, 12), arr(12), arr(4, 4), arr(4),
                                                             mask_bias(be.asarray(mask), x.dtype), 2, 0.2,
                                                             be.key(3), be)),
         "cross_entropy": (cross_entropy_backward, cross_entropy_forward(
-            x[:, :3], labels, be.asarray(np.array([1.0, 1, 0, 1, 1, 1]), dtype="float64"), be)),
+            x[:, :3], labels, be.asarray(np.array([1.0, 1, 0, 1, 1, 1]), dtype="float64"))),
         "encoder": (model.encoder_backward, (hidden, encoder_cache)),
         "mlm_head": (model.mlm_head_backward, (logits, head_cache)),
+        "sequence_head": (heads.sequence_head_backward, heads.sequence_head_forward(
+            classifier_params, heads.cls_rows(x, 3), 0.1, be.key(4), be)),
+        "token_head": (heads.token_head_backward, heads.token_head_forward(classifier_params, x, 0.1, be.key(5), be)),
+        "mse": (heads.mse_backward, heads.mse_forward(x[:, :1], x[:, 1], x[:, 2])),
     }
+    passed = {"embedding": (be,), "cross_entropy": (be,), "encoder": (SMALL, be)}
     cases = {}
     for name, (backward, (out, cache)) in forwards.items():
-        d_out = 1.0 if name == "cross_entropy" else be.asarray(rng.standard_normal(tuple(out.shape)),
+        d_out = 1.0 if name in ("cross_entropy", "mse") else be.asarray(rng.standard_normal(tuple(out.shape)),
                                                                dtype="float64")
-        cases[name] = (backward, d_out, cache)
+        cases[name] = (backward, d_out, cache, passed.get(name, ()))
     return cases
 
 
@@ -76,19 +86,19 @@ def test_every_backward_reads_its_named_cache_by_name_and_refuses_a_bare_tuple()
     """Every cache is a NamedTuple. The same fields in another order give the same gradients (read by name),
     while the fields as a bare positional tuple fail loudly (AttributeError) instead of being unpacked."""
     be = backends.get_backend("numpy")
-    for name, (backward, d_out, cache) in _cases(be).items():
+    for name, (backward, d_out, cache, passed) in _cases(be).items():
         assert isinstance(cache, tuple) and hasattr(type(cache), "_fields"), f"{name}: {type(cache)} not a NamedTuple"
-        d_in, grads = backward(d_out, cache)
+        d_in, grads = backward(d_out, cache, *passed)
         assert isinstance(grads, dict), name
         fields = cache._fields
         reordered = collections.namedtuple("Reordered", fields[::-1])(**cache._asdict())
-        d_in_again, grads_again = backward(d_out, reordered)
+        d_in_again, grads_again = backward(d_out, reordered, *passed)
         _same(d_in, d_in_again, be)
         assert list(grads) == list(grads_again), name
         for key in grads:
             _same(grads[key], grads_again[key], be)
         with pytest.raises(AttributeError):
-            backward(d_out, tuple(cache))
+            backward(d_out, tuple(cache), *passed)
 
 
 def test_backward_gradient_names():
@@ -96,15 +106,36 @@ def test_backward_gradient_names():
     be = backends.get_backend("numpy")
     cases = _cases(be)
     expected = {"linear": {"weight", "bias"}, "layernorm": {"weight", "bias"}, "gelu": set(), "gelu_tanh": set(),
-                "softmax": set(), "dropout": set(), "embedding": {"weight"}, "cross_entropy": set(),
+                "softmax": set(), "dropout": set(), "no_dropout": set(), "embedding": {"weight"},
+                "cross_entropy": set(),
                 "attention": {"qkv.weight", "qkv.bias", "out.weight", "out.bias"},
+                "sequence_head": {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias"},
+                "token_head": {"classifier.weight", "classifier.bias"}, "mse": set(),
                 "mlm_head": {"embeddings.word", "head.decoder_bias", "head.ln.weight", "head.ln.bias",
                              "head.dense.weight", "head.dense.bias"}}
     expected["encoder"] = {k for k in init_params(SMALL, 0, be) if not k.startswith("head.")}
-    for name, (backward, d_out, cache) in cases.items():
-        d_in, grads = backward(d_out, cache)
+    for name, (backward, d_out, cache, passed) in cases.items():
+        d_in, grads = backward(d_out, cache, *passed)
         assert set(grads) == expected[name], name
         assert (d_in is None) == (name in ("embedding", "encoder")), name
+
+
+def _non_array_leaves(value, where):
+    """The paths in a cache to anything that is neither an array nor None (an op that saved nothing)."""
+    if isinstance(value, tuple):
+        fields = getattr(type(value), "_fields", range(len(value)))
+        return [bad for field, item in zip(fields, value) for bad in _non_array_leaves(item, f"{where}.{field}")]
+    if value is None or (hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, type)):
+        return []
+    return [f"{where} = {type(value).__name__}"]
+
+
+def test_caches_hold_arrays_only():
+    """Every cache of the model, nested ones included, holds arrays (or None where an op saved nothing): no
+    backend, config, flag or Python int, which a JAX pytree would carry as a leaf. Shapes come from the arrays;
+    the backend and config are passed to the backward."""
+    for case, (_, _, cache, _) in _cases(backends.get_backend("numpy")).items():
+        assert _non_array_leaves(cache, case) == []
 
 
 def test_caches_are_built_by_keyword_and_never_unpacked():

@@ -42,10 +42,11 @@ assert not np.allclose(wrong[3], loop[3])
 # Now `backend.scatter_add` and `embedding_backward` on every registered backend. A backend that cannot run
 # here (library missing, no GPU) says why and is skipped. On backends with writeable arrays `scatter_add`
 # usually updates the table in place and returns it; on JAX (immutable arrays) a new array is returned and the
-# input is untouched. Either way the model only ever uses the *returned* array. `embedding_backward(dy, cache)`
-# has the shape of every backward in `minibert/nn/ops.py`: it returns `(d_in, grads)`, here `(None, {"weight":
-# dtable})` (integer ids have no gradient), scattering into a fresh zero table. The cache from
-# `embedding_forward` is a named record: `cache.ids`, `cache.table`, `cache.backend`.
+# input is untouched. Either way the model only ever uses the *returned* array. `embedding_backward(dy, cache,
+# backend)` has the shape of every backward in `minibert/nn/ops.py` (plus the backend that supplies the
+# scatter-add, which the array API lacks): it returns `(d_in, grads)`, here `(None, {"weight": dtable})`
+# (integer ids have no gradient), scattering into a fresh zero table. The cache from `embedding_forward` is a
+# named record of arrays only: `cache.ids`, `cache.table` (the backend is passed, never stored).
 
 # %%
 ran = []
@@ -60,8 +61,8 @@ for name in backends.registered():
     np.testing.assert_allclose(be.to_numpy(result), loop, rtol=1e-6, atol=1e-6)
     if not be.inplace:
         assert not be.to_numpy(table).any(), "an immutable backend must leave its input alone"
-    _, cache = ops.embedding_forward(be.asarray(ids), be.asarray(np.ones((V, W)), dtype="float32"), be)
-    d_ids, grads = ops.embedding_backward(be.asarray(dy), cache)
+    _, cache = ops.embedding_forward(be.asarray(ids), be.asarray(np.ones((V, W)), dtype="float32"))
+    d_ids, grads = ops.embedding_backward(be.asarray(dy), cache, be)
     assert d_ids is None
     np.testing.assert_allclose(be.to_numpy(grads["weight"]), loop, rtol=1e-6, atol=1e-6)
     print(f"{name:7s} ok: rows 2 and 4 stay 0, row 3 = dy[0] + dy[2] + dy[3];"
@@ -77,7 +78,7 @@ assert "numpy" in ran
 # %%
 be = backends.get_backend("numpy")
 decoder_share = np.full((V, W), 0.5, np.float32)
-_, grads = ops.embedding_backward(dy, ops.embedding_forward(ids, np.zeros((V, W), np.float32), be)[1])
+_, grads = ops.embedding_backward(dy, ops.embedding_forward(ids, np.zeros((V, W), np.float32))[1], be)
 total = decoder_share + grads["weight"]
 np.testing.assert_allclose(total, decoder_share + loop, rtol=1e-6)
 
@@ -97,10 +98,10 @@ for name in ran:
     if name == "strict":
         continue                        # its fallback is a one-hot matrix product: for small checks only
     d_ids, d_dy = be.asarray(big_ids), be.asarray(big_dy)
-    _, cache = ops.embedding_forward(d_ids, be.asarray(np.zeros((8192, 128)), dtype="float32"), be)
-    ops.embedding_backward(d_dy, cache)                                                   # warm-up
+    _, cache = ops.embedding_forward(d_ids, be.asarray(np.zeros((8192, 128)), dtype="float32"))
+    ops.embedding_backward(d_dy, cache, be)                                               # warm-up
     start = time.perf_counter()
-    fast = ops.embedding_backward(d_dy, cache)[1]["weight"]
+    fast = ops.embedding_backward(d_dy, cache, be)[1]["weight"]
     be.synchronize(fast)
     fast_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -110,6 +111,7 @@ for name in ran:
     be.synchronize(slow)
     loop_s = (time.perf_counter() - start) * big_ids.size / 64
     numpy_be = backends.get_backend("numpy")
-    first = ops.embedding_forward(big_ids[:64], np.zeros((8192, 128), np.float32), numpy_be)[1]
-    np.testing.assert_allclose(be.to_numpy(slow), ops.embedding_backward(big_dy[:64], first)[1]["weight"], atol=1e-5)
+    first = ops.embedding_forward(big_ids[:64], np.zeros((8192, 128), np.float32))[1]
+    np.testing.assert_allclose(be.to_numpy(slow), ops.embedding_backward(big_dy[:64], first, numpy_be)[1]["weight"],
+                               atol=1e-5)
     print(f"{name:7s} one scatter_add call {fast_s * 1e3:7.1f} ms   per-token loop ~{loop_s * 1e3:8.1f} ms")

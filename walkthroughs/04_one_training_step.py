@@ -94,7 +94,8 @@ be.scatter_add = traced(be.scatter_add, "backend.scatter_add")
 # %% [markdown]
 # Forward: embeddings, then the layer (attention's qkv projection, softmax over [B, A, T, T], output projection,
 # residual + LayerNorm, the FFN with GELU, residual + LayerNorm), then the head on the N labelled rows only and the
-# loss. Backward: the same ops in reverse, each `*_backward(d_out, cache)` returning `(d_in, grads)`: the gradient
+# loss. Backward: the same ops in reverse, each `*_backward(d_out, cache)` (the backend after the cache for the two
+# that scatter-add) returning `(d_in, grads)`: the gradient
 # of its input and a dict of its parameters' gradients (`{}` for GELU and softmax). Each
 # `backend.scatter_add` is one vectorised call: the head's N rows going back to their [B*T, H] positions, the
 # token-type ids and the word ids (B*T each), and wherever else the model scatters (e.g. the loss's one-hot term).

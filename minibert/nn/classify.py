@@ -15,8 +15,8 @@ from __future__ import annotations
 from array_api_compat import array_namespace
 
 from minibert.config import BertConfig
-from minibert.nn.heads import (mse_backward, mse_forward, sequence_head_backward, sequence_head_forward,
-                            token_head_backward, token_head_forward)
+from minibert.nn.heads import (cls_rows, cls_rows_gradient, mse_backward, mse_forward, sequence_head_backward,
+                               sequence_head_forward, token_head_backward, token_head_forward)
 from minibert.nn.loss import cross_entropy_backward, cross_entropy_forward
 from minibert.nn.model import encoder_backward, encoder_forward
 
@@ -28,19 +28,18 @@ def head_dropout_site(config: BertConfig) -> int:
 
 # --- device side -----------------------------------------------------------------------------------------------
 
-def _head_forward(params, hidden, batch, seq, config: BertConfig, backend, key):
-    """hidden [B*T, H] -> (logits [B, C] or [B*T, C], head cache)."""
+def _head_forward(params, hidden, seq, config: BertConfig, backend, key):
+    """hidden [B*T, H] -> (logits [B, C] (from the [CLS] rows) or [B*T, C], head cache)."""
     head_key = None if key is None else backend.fold_in(key, head_dropout_site(config))
     rate = config.classifier_dropout_rate
     if config.task == "sequence":
-        return sequence_head_forward(params, hidden, batch, seq, rate, head_key, backend)
+        return sequence_head_forward(params, cls_rows(hidden, seq), rate, head_key, backend)
     return token_head_forward(params, hidden, rate, head_key, backend)
 
 
-def _loss_forward(logits, arrays, config: BertConfig, backend, normaliser=None):
-    if config.problem_type == "regression":
-        return mse_forward(logits, arrays.targets, arrays.weights, normaliser)
-    return cross_entropy_forward(logits, arrays.targets, arrays.weights, backend, normaliser)
+def _loss_forward(logits, arrays, config: BertConfig, normaliser=None):
+    loss_forward = mse_forward if config.problem_type == "regression" else cross_entropy_forward
+    return loss_forward(logits, arrays.targets, arrays.weights, normaliser)
 
 
 def classify_forward_backward(params, arrays, key=None, normaliser=None, *, config: BertConfig, backend,
@@ -55,21 +54,22 @@ def classify_forward_backward(params, arrays, key=None, normaliser=None, *, conf
     (a linear probe on a frozen encoder) the encoder's backward is not run and only the head's gradients are
     returned, so an optimizer given them updates the head alone.
     """
-    batch, seq = arrays.input_ids.shape
+    seq = arrays.input_ids.shape[1]
     hidden, encoder_cache = encoder_forward(params, arrays.input_ids, arrays.token_type_ids, arrays.attention_mask,
                                             config, backend, key)
-    logits, head_cache = _head_forward(params, hidden, batch, seq, config, backend, key)
-    loss, loss_cache = _loss_forward(logits, arrays, config, backend, normaliser)
+    logits, head_cache = _head_forward(params, hidden, seq, config, backend, key)
+    loss, loss_cache = _loss_forward(logits, arrays, config, normaliser)
     if config.problem_type == "regression":
         d_logits, _ = mse_backward(1.0, loss_cache)
     else:
-        d_logits, _ = cross_entropy_backward(1.0, loss_cache)
+        d_logits, _ = cross_entropy_backward(1.0, loss_cache, backend)
     if config.task == "sequence":
-        d_hidden, grads = sequence_head_backward(d_logits, head_cache)
+        d_cls, grads = sequence_head_backward(d_logits, head_cache)
+        d_hidden = cls_rows_gradient(d_cls, seq)
     else:
         d_hidden, grads = token_head_backward(d_logits, head_cache)
     if train_encoder:
-        _, encoder_grads = encoder_backward(d_hidden, encoder_cache)
+        _, encoder_grads = encoder_backward(d_hidden, encoder_cache, config, backend)
         grads.update(encoder_grads)
     return loss, grads
 
@@ -78,7 +78,7 @@ def _logits(params, input_ids, attention_mask, token_type_ids, config: BertConfi
     xp = array_namespace(params["embeddings.word"])
     batch, seq = input_ids.shape
     hidden, _ = encoder_forward(params, input_ids, token_type_ids, attention_mask, config, backend)
-    logits, _ = _head_forward(params, hidden, batch, seq, config, backend, None)
+    logits, _ = _head_forward(params, hidden, seq, config, backend, None)
     if config.task == "token":
         logits = xp.reshape(logits, (batch, seq, config.num_labels))          # [B*T, C] -> [B, T, C]
     return logits
@@ -95,5 +95,5 @@ def classify_metrics(params, arrays, *, config: BertConfig, backend):
     xp = array_namespace(params["embeddings.word"])
     logits = _logits(params, arrays.input_ids, arrays.attention_mask, arrays.token_type_ids, config, backend)
     flat = xp.reshape(logits, (-1, config.num_labels))                          # [B, (T,) C] -> [N, C]
-    mean_loss, _ = _loss_forward(flat, arrays, config, backend)
+    mean_loss, _ = _loss_forward(flat, arrays, config)
     return mean_loss * xp.sum(arrays.weights), logits

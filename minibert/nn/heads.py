@@ -6,9 +6,10 @@
              `minibert.nn.loss.cross_entropy_*` with C classes in place of V words), or mean squared error for
              regression (num_labels == 1).
 
-Every `*_forward` returns (output, cache) with the cache a NamedTuple holding what the backward needs (the weights
-included); every `*_backward(d_out, cache)` returns (d_input, grads), grads a dict named relative to the head's
-parameters ("pooler.dense.weight", "classifier.bias", ...). Losses take d_out = dLoss (normally 1.0).
+Every `*_forward` returns (output, cache) with the cache a NamedTuple of the arrays the backward needs (the
+weights included; shapes are read from them, nothing else is stored); every `*_backward(d_out, cache)` returns
+(d_input, grads), grads a dict named relative to the head's parameters ("pooler.dense.weight", "classifier.bias",
+...). Losses take d_out = dLoss (normally 1.0).
 
 Nothing here imports an array library: `xp` comes from the arrays, random numbers from the backend object.
 """
@@ -69,39 +70,47 @@ def classifier_backward(d_logits, cache: ClassifierCache):
 
 # --- the two heads on the encoder's output --------------------------------------------------------------------------
 
+def cls_rows(hidden, seq):
+    """The [CLS] row (position 0) of each sequence: hidden [B*T, H] -> x [B, H], the sequence head's input."""
+    xp = array_namespace(hidden)
+    width = hidden.shape[-1]
+    return xp.reshape(hidden, (-1, seq, width))[:, 0, :]                        # [B*T, H] -> [B, T, H] -> [B, H]
+
+
+def cls_rows_gradient(d_cls, seq):
+    """The gradient through `cls_rows`: only the [CLS] rows were read, so d hidden is d x at position 0 of each
+    sequence and 0 at the other T - 1.   d x [B, H] -> d hidden [B*T, H]."""
+    xp = array_namespace(d_cls)
+    batch, width = d_cls.shape
+    rest = xp.broadcast_to(xp.zeros_like(d_cls)[:, None, :], (batch, seq - 1, width))
+    d_hidden = xp.concat([d_cls[:, None, :], rest], axis=1)                    # [B, 1, H] + [B, T-1, H] -> [B, T, H]
+    return xp.reshape(d_hidden, (batch * seq, width))                           # [B, T, H] -> [B*T, H]
+
+
 class SequenceHeadCache(NamedTuple):
-    batch: int
-    seq: int
     pooler: PoolerCache
     classifier: ClassifierCache
 
 
-def sequence_head_forward(params, hidden, batch, seq, rate, key, backend):
-    """BertForSequenceClassification's head: hidden [B*T, H] -> logits [B, C].
+def sequence_head_forward(params, cls_hidden, rate, key, backend):
+    """BertForSequenceClassification's head on the [CLS] rows (`cls_rows`): x [B, H] -> logits [B, C].
 
-        x = h[:, 0]  ([CLS]);  pooled = tanh(x Wp + bp);  logits = dropout(pooled) Wc + bc
+        pooled = tanh(x Wp + bp);  logits = dropout(pooled) Wc + bc
     """
-    xp = array_namespace(hidden)
-    cls_rows = xp.reshape(hidden, (batch, seq, hidden.shape[-1]))[:, 0, :]      # [B*T, H] -> [B, T, H] -> [B, H]
-    pooled, pooler_cache = pooler_forward(cls_rows, params["pooler.dense.weight"], params["pooler.dense.bias"])
+    pooled, pooler_cache = pooler_forward(cls_hidden, params["pooler.dense.weight"], params["pooler.dense.bias"])
     logits, classifier_cache = classifier_forward(pooled, params["classifier.weight"], params["classifier.bias"],
                                                   rate, key, backend)
-    return logits, SequenceHeadCache(batch=batch, seq=seq, pooler=pooler_cache, classifier=classifier_cache)
+    return logits, SequenceHeadCache(pooler=pooler_cache, classifier=classifier_cache)
 
 
 def sequence_head_backward(d_logits, cache: SequenceHeadCache):
-    """d logits [B, C] -> (d hidden [B*T, H], head grads). Only the [CLS] rows feed the head, so d hidden is
-    d x at position 0 of each sequence and 0 at every other position."""
-    xp = array_namespace(d_logits)
+    """d logits [B, C] -> (d x [B, H] at the [CLS] rows (`cls_rows_gradient` spreads it over [B*T, H]),
+    head grads)."""
     d_pooled, classifier_grads = classifier_backward(d_logits, cache.classifier)
     d_cls, pooler_grads = pooler_backward(d_pooled, cache.pooler)
-    hidden = d_cls.shape[-1]
-    rest = xp.broadcast_to(xp.zeros_like(d_cls)[:, None, :], (cache.batch, cache.seq - 1, hidden))
-    d_hidden = xp.concat([d_cls[:, None, :], rest], axis=1)                    # [B, 1, H] + [B, T-1, H] -> [B, T, H]
-    d_hidden = xp.reshape(d_hidden, (cache.batch * cache.seq, hidden))          # [B, T, H] -> [B*T, H]
     grads = {"pooler." + name: value for name, value in pooler_grads.items()}
     grads.update({"classifier." + name: value for name, value in classifier_grads.items()})
-    return d_hidden, grads
+    return d_cls, grads
 
 
 def token_head_forward(params, hidden, rate, key, backend):

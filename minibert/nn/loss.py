@@ -24,17 +24,16 @@ class CrossEntropyCache(NamedTuple):
     probs: Any          # softmax(z) [N, V]
     flat_target: Any    # n * V + y_n [N], the targets' indices in the flattened logits
     norm_weights: Any   # w / normaliser [N]
-    backend: Any        # supplies scatter_add
 
 
-def cross_entropy_forward(logits, labels, weights, backend, normaliser=None):
+def cross_entropy_forward(logits, labels, weights, normaliser=None):
     """loss = sum_n w_n * (logsumexp(z_n) - z_n[y_n]) / D,   D = normaliser, or sum_n w_n when None (the mean).
 
     logits z [N, V], labels y [N] int, weights w [N] (1 for a real label, 0 for padding rows). A step that
     accumulates micro-batches (or shards a batch over devices) passes D = the labelled tokens of the whole step,
     so the pieces' losses and gradients add up to those of the whole batch (`minibert.nn.step`).
     logsumexp is taken after subtracting the row max, so it never overflows. Computed in at least float32.
-    Cache (softmax(z) [N, V], flat indices n * V + y_n of the targets, w / sum(w), backend).
+    Cache (softmax(z) [N, V], flat indices n * V + y_n of the targets, w / D).
     """
     xp = array_namespace(logits)
     logits = float32_at_least(logits)                                   # bfloat16/float16 logits: in float32
@@ -49,18 +48,18 @@ def cross_entropy_forward(logits, labels, weights, backend, normaliser=None):
     norm_weights = weights / (xp.sum(weights) if normaliser is None else normaliser)
     loss = xp.sum(norm_weights * (log_z[:, 0] - target_logit))
     return loss, CrossEntropyCache(probs=exp_shifted / sum_exp, flat_target=flat_target,
-                                   norm_weights=norm_weights, backend=backend)
+                                   norm_weights=norm_weights)
 
 
-def cross_entropy_backward(d_loss, cache: CrossEntropyCache):
+def cross_entropy_backward(d_loss, cache: CrossEntropyCache, backend):
     """dz_n = d_loss * (softmax(z_n) - onehot(y_n)) * w_n / D (D as in the forward); d_loss is dLoss/dloss (1.0 when the
     cross-entropy is the loss). Returns (dz [N, V], {}).
 
     The one-hot term touches one entry per row, so it is a scatter-add of -d_loss * w_n / D at the N flat
-    target indices rather than an [N, V] one-hot matrix."""
+    target indices (`backend.scatter_add`) rather than an [N, V] one-hot matrix."""
     probs = cache.probs
     xp = array_namespace(probs)
     scaled = cache.norm_weights * d_loss                                  # [N]
     d_logits = xp.reshape(probs * scaled[:, None], (-1, 1))               # w [N, 1]; [N, V] -> [N*V, 1]
-    d_logits = cache.backend.scatter_add(d_logits, cache.flat_target, -scaled[:, None])   # [N] -> [N, 1]
+    d_logits = backend.scatter_add(d_logits, cache.flat_target, -scaled[:, None])   # [N] -> [N, 1]
     return xp.reshape(d_logits, probs.shape), {}                          # [N*V, 1] -> [N, V]

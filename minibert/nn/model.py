@@ -4,8 +4,9 @@
     for each layer:  a = LN(h + dropout(Attention(h)));  h = LN(a + dropout(GELU(a W1 + b1) W2 + b2))
     head (at the labelled positions only while training):  z = LN(GELU(h Wd + bd));  logits = z word^T + b
 
-Every forward returns its output and a named cache; every backward has the shape of `minibert.nn.ops`:
-`x_backward(d_out, cache) -> (d_in, grads)`, here with grads under the full parameter names of
+Every forward returns its output and a named cache of arrays; every backward has the shape of `minibert.nn.ops`:
+`x_backward(d_out, cache) -> (d_in, grads)` (the encoder's also takes the config and backend its forward took),
+here with grads under the full parameter names of
 `minibert.nn.layout.param_shapes`. The tied word embedding gets both contributions (decoder and input gather),
 summed in `forward_backward`. Arrays are from any array-API library; `backend` supplies erf, scatter-add and
 random numbers. Dropout runs only when a random `key` is passed. The host-side API that checks inputs and
@@ -27,14 +28,10 @@ from minibert.nn.ops import (DropoutCache, EmbeddingCache, GeluCache, LayerNormC
 
 
 class EmbeddingsCache(NamedTuple):
-    word: EmbeddingCache        # the word lookup (ids [B*T], table [V, H])
-    token_type: EmbeddingCache  # the token-type lookup (types [B*T], table [type_vocab, H])
-    position_rows: int          # max_position: rows of the position table
+    word: EmbeddingCache        # the word lookup (ids [B, T]: their shape gives B and T; table [V, H])
+    token_type: EmbeddingCache  # the token-type lookup (types [B, T], table [type_vocab, H])
     ln: LayerNormCache
     dropout: DropoutCache
-    batch: int                  # B
-    seq: int                    # T
-    pad_token_id: int           # the [PAD] row, which the lookup never trains
 
 
 class LayerCache(NamedTuple):
@@ -87,18 +84,14 @@ def encoder_forward(params, input_ids, token_type_ids, attention_mask, config: B
     batch, seq = input_ids.shape
     hidden = config.hidden_size
     eps = config.layer_norm_eps
-    ids = xp.reshape(input_ids, (-1,))                                  # [B, T] -> [B*T]
-    types = xp.reshape(token_type_ids, (-1,))                           # [B, T] -> [B*T]
-    word, word_cache = embedding_forward(ids, params["embeddings.word"], backend)
-    token_type, type_cache = embedding_forward(types, params["embeddings.token_type"], backend)
+    word, word_cache = embedding_forward(input_ids, params["embeddings.word"])                 # [B*T, H]
+    token_type, type_cache = embedding_forward(token_type_ids, params["embeddings.token_type"])  # [B*T, H]
     position = params["embeddings.position"][:seq, :]                   # [T, H], broadcast over the batch
     # [B*T, H] -> [B, T, H] (+ position [T, H]) -> [B*T, H]
     summed = xp.reshape(xp.reshape(word + token_type, (batch, seq, hidden)) + position, (batch * seq, hidden))
     h, ln_cache = layernorm_forward(summed, params["embeddings.ln.weight"], params["embeddings.ln.bias"], eps)
     h, drop_cache = dropout_forward(h, config.hidden_dropout, _site_key(key, 0, backend), backend)
-    embeddings = EmbeddingsCache(word=word_cache, token_type=type_cache,
-                                 position_rows=params["embeddings.position"].shape[0], ln=ln_cache,
-                                 dropout=drop_cache, batch=batch, seq=seq, pad_token_id=config.pad_token_id)
+    embeddings = EmbeddingsCache(word=word_cache, token_type=type_cache, ln=ln_cache, dropout=drop_cache)
     bias = mask_bias(attention_mask, h.dtype)
     approximate = config.hidden_act == "gelu_tanh"
     layers = []
@@ -120,14 +113,14 @@ def encoder_forward(params, input_ids, token_type_ids, attention_mask, config: B
     return h, EncoderCache(embeddings=embeddings, layers=tuple(layers))
 
 
-def encoder_backward(d_hidden, cache: EncoderCache):
+def encoder_backward(d_hidden, cache: EncoderCache, config: BertConfig, backend):
     """dL/d(final hidden) [B*T, H] -> (None (the inputs are token ids), every encoder and embedding gradient
-    under its full name).
+    under its full name). `config` and `backend` are those the forward ran with.
 
     Each layer in reverse: LayerNorm backward, the residual adds the gradient of its input to both branches
     (d_a = d(FFN input) + d_sum; dh = d(attention input) + d_sum). Embeddings: d e = LN backward of dh;
     d position[t] = sum over the batch of d e[b, t] (rows t >= T get 0); d token_type = scatter-add of d e at
-    the type ids; d word = scatter-add of d e at the token ids, except at the [PAD] row (`pad_token_id`),
+    the type ids; d word = scatter-add of d e at the token ids, except at the [PAD] row (`config.pad_token_id`),
     which the lookup never trains (transformers' padding_idx). `grads["embeddings.word"]` is the input
     gather's share only: a tied decoder adds its own (see `forward_backward`).
     """
@@ -156,17 +149,17 @@ def encoder_backward(d_hidden, cache: EncoderCache):
     d_h0, _ = dropout_backward(dh, emb.dropout)
     d_summed, ln_grads = layernorm_backward(d_h0, emb.ln)
     _add_grads(grads, "embeddings.ln.", ln_grads)
+    batch, seq = emb.word.ids.shape
     hidden = d_summed.shape[1]
     # [B*T, H] -> [B, T, H], summed over the batch -> [T, H]
-    d_position = xp.sum(xp.reshape(d_summed, (emb.batch, emb.seq, hidden)), axis=0)
-    unused = xp.zeros((emb.position_rows - emb.seq, hidden), dtype=d_summed.dtype,
-                      device=emb.word.backend.device)
+    d_position = xp.sum(xp.reshape(d_summed, (batch, seq, hidden)), axis=0)
+    unused = xp.zeros((config.max_position - seq, hidden), dtype=d_summed.dtype, device=backend.device)
     grads["embeddings.position"] = xp.concat([d_position, unused])     # [T, H] + [P - T, H] -> [P, H]
-    _, type_grads = embedding_backward(d_summed, emb.token_type)
+    _, type_grads = embedding_backward(d_summed, emb.token_type, backend)
     grads["embeddings.token_type"] = type_grads["weight"]
     # as nn.Embedding(padding_idx=pad_token_id) in BERT: the [PAD] row gets no gradient from the lookup
-    not_pad = xp.astype(emb.word.ids != emb.pad_token_id, d_summed.dtype)[:, None]    # [B*T] -> [B*T, 1]
-    _, word_grads = embedding_backward(d_summed * not_pad, emb.word)
+    not_pad = xp.reshape(xp.astype(emb.word.ids != config.pad_token_id, d_summed.dtype), (-1, 1))  # [B, T] -> [B*T, 1]
+    _, word_grads = embedding_backward(d_summed * not_pad, emb.word, backend)
     grads["embeddings.word"] = word_grads["weight"]
     return None, grads
 
@@ -223,12 +216,12 @@ def forward_backward(params, arrays, key=None, normaliser=None, *, config: BertC
                                             arrays.attention_mask, config, backend, key)
     rows = xp.take(hidden, arrays.positions, axis=0)
     logits, head_cache = mlm_head_forward(params, rows, config, backend)
-    loss, loss_cache = cross_entropy_forward(logits, arrays.targets, arrays.weights, backend, normaliser)
-    d_logits, _ = cross_entropy_backward(1.0, loss_cache)
+    loss, loss_cache = cross_entropy_forward(logits, arrays.targets, arrays.weights, normaliser)
+    d_logits, _ = cross_entropy_backward(1.0, loss_cache, backend)
     d_rows, grads = mlm_head_backward(d_logits, head_cache)
     d_hidden = backend.scatter_add(xp.zeros(hidden.shape, dtype=hidden.dtype, device=backend.device),
                                    arrays.positions, to_dtype(d_rows, hidden.dtype))
-    _, encoder_grads = encoder_backward(d_hidden, encoder_cache)
+    _, encoder_grads = encoder_backward(d_hidden, encoder_cache, config, backend)
     decoder_share = grads["embeddings.word"]
     grads.update(encoder_grads)
     grads["embeddings.word"] = decoder_share + encoder_grads["embeddings.word"]
@@ -249,7 +242,7 @@ def masked_lm_metrics(params, arrays, *, config: BertConfig, backend):
     hidden, _ = encoder_forward(params, arrays.input_ids, arrays.token_type_ids, arrays.attention_mask,
                                 config, backend)
     logits, _ = mlm_head_forward(params, xp.take(hidden, arrays.positions, axis=0), config, backend)
-    mean_nll, _ = cross_entropy_forward(logits, arrays.targets, arrays.weights, backend)
+    mean_nll, _ = cross_entropy_forward(logits, arrays.targets, arrays.weights)
     correct = xp.astype(xp.argmax(logits, axis=-1) == arrays.targets, arrays.weights.dtype)
     return mean_nll * xp.sum(arrays.weights), xp.sum(correct * arrays.weights)
 

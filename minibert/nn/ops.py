@@ -1,12 +1,17 @@
 """The building blocks of BERT, each a forward/backward pair written against the Python array API.
 
 Every `*_forward` returns its output and a cache, a named record (`typing.NamedTuple`, so JAX treats it as a
-pytree) of what its backward needs, weights included. Every `*_backward` has one shape:
+pytree) of what its backward needs, weights included. A cache holds arrays only (None where an op saved
+nothing): shapes are read from those arrays, and the backend and the config are passed, never stored, so a
+cache's leaves are exactly what JAX traces. Every `*_backward` has one shape:
 
     x_backward(d_out, cache) -> (d_in, grads)
 
-d_out is dLoss/dOutput, d_in is dLoss/dInput (None where the input is integer ids), and grads is a dict of the
-op's parameter gradients under local names ("weight", "bias"), empty for ops without parameters. Backwards
+and the two whose gradient is a scatter-add, which the standard lacks (`embedding_backward`, and
+`minibert.nn.loss.cross_entropy_backward`), take the backend that supplies it after the cache:
+`x_backward(d_out, cache, backend)`. d_out is dLoss/dOutput, d_in is dLoss/dInput (None where the input is
+integer ids), and grads is a dict of the op's parameter gradients under local names ("weight", "bias"), empty
+for ops without parameters. Backwards
 read cache fields by name, never by position, so a reordered field fails loudly instead of silently.
 Activations are 2-D `[N, features]` (N = batch * sequence) except inside attention.
 Notation: `dX` is dLoss/dX; sums over "rows" run over the N axis.
@@ -116,24 +121,24 @@ def layernorm_backward(dy, cache: LayerNormCache):
 # --- GELU -----------------------------------------------------------------------------------------------
 
 class GeluCache(NamedTuple):
-    x: Any              # input [N, F]
-    saved: Any          # Phi(x) (exact) or tanh(u) (approximate) [N, F]
-    approximate: bool   # which of the two formulas ran
+    x: Any          # input [N, F]
+    cdf: Any        # Phi(x) [N, F] (exact GELU), else None
+    tanh: Any       # tanh(u) [N, F] (tanh approximation), else None: which one is set says which formula ran
 
 
 def gelu_forward(x, backend, approximate=False):
     """Exact:  y = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2.
     Tanh approximation (approximate=True):  y = x * (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3).
-    x [N, F] -> y [N, F]; cache (x, Phi(x) or tanh(u), approximate). `backend` supplies erf.
+    x [N, F] -> y [N, F]; cache (x, and Phi(x) or tanh(u), whichever formula ran). `backend` supplies erf.
     Computed in x's dtype, bfloat16 too under mixed precision (as torch.autocast runs it; jax and torch evaluate
     each bfloat16 element in float32 and round the result, and a backend whose erf cannot, widens it there).
     """
     xp = array_namespace(x)
     if approximate:
         t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x))
-        return 0.5 * x * (1.0 + t), GeluCache(x=x, saved=t, approximate=True)
+        return 0.5 * x * (1.0 + t), GeluCache(x=x, cdf=None, tanh=t)
     cdf = 0.5 * (1.0 + backend.erf(x * SQRT_HALF))
-    return x * cdf, GeluCache(x=x, saved=cdf, approximate=False)
+    return x * cdf, GeluCache(x=x, cdf=cdf, tanh=None)
 
 
 def gelu_backward(dy, cache: GeluCache):
@@ -142,11 +147,12 @@ def gelu_backward(dy, cache: GeluCache):
     dy [N, F] -> (dx [N, F] = dy * dy/dx, {}).
     """
     xp = array_namespace(dy)
-    x, saved = cache.x, cache.saved
-    if cache.approximate:
+    x = cache.x
+    if cache.tanh is not None:
+        t = cache.tanh
         du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * x * x)
-        return dy * (0.5 * (1.0 + saved) + 0.5 * x * (1.0 - saved * saved) * du_dx), {}
-    return dy * (saved + x * (INV_SQRT_2PI * xp.exp(-0.5 * x * x))), {}
+        return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx), {}
+    return dy * (cache.cdf + x * (INV_SQRT_2PI * xp.exp(-0.5 * x * x))), {}
 
 
 # --- softmax --------------------------------------------------------------------------------------------
@@ -200,22 +206,21 @@ def dropout_backward(dy, cache: DropoutCache):
 # --- embeddings -----------------------------------------------------------------------------------------
 
 class EmbeddingCache(NamedTuple):
-    ids: Any        # looked-up rows [N] int
-    table: Any      # the table [V, H] (its shape, dtype and device make the gradient)
-    backend: Any    # supplies scatter_add
+    ids: Any        # looked-up rows, any shape (e.g. [B, T]) int; the gather ran over them in row-major order
+    table: Any      # the table [V, H] (its shape makes the gradient)
 
 
-def embedding_forward(ids, table, backend):
-    """y[n] = table[ids[n]]: a row gather.  ids [N] int, table [V, H] -> y [N, H]; cache (ids, table, backend)."""
+def embedding_forward(ids, table):
+    """y[n] = table[ids_flat[n]]: a row gather.  ids [...] int (N of them, any shape), table [V, H] -> y [N, H]
+    in ids' row-major order; cache (ids as given, so their shape survives, and table)."""
     xp = array_namespace(table)
-    return xp.take(table, ids, axis=0), EmbeddingCache(ids=ids, table=table, backend=backend)
+    return xp.take(table, xp.reshape(ids, (-1,)), axis=0), EmbeddingCache(ids=ids, table=table)   # [...] -> [N]
 
 
-def embedding_backward(dy, cache: EmbeddingCache):
-    """dtable[v] = sum over n with ids[n] == v of dy[n]: a scatter-add into zeros that accumulates repeated
-    ids (one vectorised call, never a Python loop; see `Backend.scatter_add`).
+def embedding_backward(dy, cache: EmbeddingCache, backend):
+    """dtable[v] = sum over n with ids_flat[n] == v of dy[n]: a scatter-add into zeros that accumulates repeated
+    ids (one vectorised call to `backend.scatter_add`, never a Python loop).
     dy [N, H] -> (None (ids have no gradient), {"weight": dtable [V, H] in dy's dtype})."""
     xp = array_namespace(dy)
-    table = cache.table
-    zeros = xp.zeros(table.shape, dtype=dy.dtype, device=cache.backend.device)
-    return None, {"weight": cache.backend.scatter_add(zeros, cache.ids, dy)}
+    zeros = xp.zeros(cache.table.shape, dtype=dy.dtype, device=backend.device)
+    return None, {"weight": backend.scatter_add(zeros, xp.reshape(cache.ids, (-1,)), dy)}   # ids [...] -> [N]
