@@ -82,9 +82,12 @@ class Backend:
         return "this backend has no float64"
 
     def low_precision_hint(self) -> str:
-        """Why this backend has no (or not that) narrow dtype, and what to use instead."""
-        return (f"backend {self.name!r} computes in float32/float64 only; mixed precision runs on --backend torch "
-                "(bf16, fp16; CPU or CUDA), jax (bf16, fp16) or cupy (fp16, and bf16 with ml_dtypes) on a GPU")
+        """Why this backend has no (or not that) narrow dtype (`no_low_precision_reason`), and what to use instead."""
+        return (f"{self.no_low_precision_reason()}: mixed precision runs on --backend torch (bf16, fp16; CPU or "
+                "CUDA), jax (bf16, fp16) or cupy (fp16, and bf16 with ml_dtypes) on a GPU")
+
+    def no_low_precision_reason(self) -> str:
+        return f"backend {self.name!r} computes in float32/float64 only"
 
     # -- what the standard lacks ------------------------------------------------------------------
     def scatter_add(self, table, indices, updates):

@@ -62,9 +62,8 @@ class NumpyBackend(Backend):
     def erf(self, x):
         return _erf.erf(x)
 
-    def low_precision_hint(self) -> str:
-        return ("NumPy has no bfloat16, and its float16 matmul does not use BLAS (slower than float32): mixed "
-                "precision runs on --backend torch (bf16, fp16; CPU or CUDA), jax (bf16, fp16) or cupy on a GPU")
+    def no_low_precision_reason(self) -> str:
+        return "NumPy has no bfloat16, and its float16 matmul does not use BLAS (slower than float32)"
 
     def uniform(self, key, shape, dtype):
         return np.random.default_rng(np.random.SeedSequence(key)).random(shape, dtype=self.dtype(dtype))

@@ -36,9 +36,8 @@ class StrictBackend(Backend):
     def erf(self, x):
         return _erf.erf(x)
 
-    def low_precision_hint(self) -> str:
-        return ("the array API standard (so array-api-strict) has no bfloat16 or float16: mixed precision runs on "
-                "--backend torch (bf16, fp16; CPU or CUDA), jax (bf16, fp16) or cupy on a GPU")
+    def no_low_precision_reason(self) -> str:
+        return "the array API standard (so array-api-strict) has no bfloat16 or float16"
 
     def uniform(self, key, shape, dtype):
         dtype = self.dtype(dtype)

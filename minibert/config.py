@@ -17,7 +17,7 @@ CLASSIFIER_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "clas
 # (`minibert.data.tokenizer.WordPieceTokenizer`), never a constant. The model needs only the pad id (`pad_token_id`).
 IGNORE_LABEL = -100     # a label that asks for no prediction (the loss skips it), as in BERT
 
-# name: (num_layers, hidden_size, num_heads, intermediate_size, max_position, vocab_size)
+
 class Preset(NamedTuple):
     """A named model size: the fields of `BertConfig` it sets."""
     num_layers: int

@@ -63,15 +63,26 @@ def fill_mask(text: str, config, params, tokenizer: WordPieceTokenizer, backend,
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-    ids = [tokenizer.cls_id] + tokenizer.encode(text) + [tokenizer.sep_id]
-    positions = [i for i, token in enumerate(ids) if token == tokenizer.mask_id]
-    if not positions:
-        raise ValueError(f"text has no {tokenizer.special_tokens['mask_token']} token to fill: {text!r}")
-    if len(ids) > config.max_position:
-        raise ValueError(f"text is {len(ids)} tokens with [CLS]/[SEP], more than max_position={config.max_position}; "
-                         "shorten it")
+    encoded = masked_ids(tokenizer.encode(text), config, tokenizer)
+    if isinstance(encoded, str):
+        raise ValueError(f"text {text!r}: {encoded}")
+    ids, positions = encoded
     logits = backend.to_numpy(mlm_logits(params, np.asarray([ids], np.int32), config=config, backend=backend))[0]
     return [top_fills(logits[position], tokenizer, top_k) for position in positions]
+
+
+def masked_ids(pieces: list[int], config: BertConfig, tokenizer: WordPieceTokenizer
+               ) -> tuple[list[int], list[int]] | str:
+    """A masked-LM input from a text's word-piece ids: ([CLS] pieces [SEP], the positions of its [MASK] tokens),
+    or why it cannot be filled (no [MASK]; longer than the model's max_position) as a message."""
+    ids = [tokenizer.cls_id, *pieces, tokenizer.sep_id]
+    positions = [i for i, token in enumerate(ids) if token == tokenizer.mask_id]
+    if not positions:
+        return f"no {tokenizer.special_tokens['mask_token']} token to fill"
+    if len(ids) > config.max_position:
+        return (f"{len(ids)} tokens with [CLS]/[SEP], more than the model's max_position={config.max_position}; "
+                "shorten it")
+    return ids, positions
 
 
 def top_fills(logits_row, tokenizer: WordPieceTokenizer, top_k: int) -> list[tuple[str, float]]:

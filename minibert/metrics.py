@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_LABEL = -100
+from minibert.config import IGNORE_LABEL
 
 
 def softmax(logits) -> np.ndarray:

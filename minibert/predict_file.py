@@ -15,7 +15,8 @@ one record per input row that could be read, with its line number:
 
 A row that cannot be used (malformed JSON, a ragged CSV row, an empty text, a masked-LM text without [MASK] or
 longer than the model) is reported with its line number and skipped (`on_error="skip"`) or stops the run
-(`"stop"`); the output is written to a temporary file renamed into place at the end, so a stopped run leaves none.
+(`"stop"`); the output is written to a temporary file renamed into place at the end
+(`minibert.storage.fileio.atomic_write`), so a stopped run leaves none.
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ import numpy as np
 from minibert.api import classify_logits, mlm_logits
 from minibert.data.finetune_data import DEFAULT_TEXT_COLUMNS, DataFileError
 from minibert.data.finetune_encode import encode_texts, encode_words
-from minibert.inference import label_probabilities, load_classifier_run, load_run, model_config, top_fills
+from minibert.inference import (label_probabilities, load_classifier_run, load_run, masked_ids, model_config,
+                                top_fills)
 from minibert.metrics import softmax
+from minibert.storage.fileio import atomic_write
 
 INPUT_EXTENSIONS = (".txt", ".csv", ".tsv", ".jsonl")
 OUTPUT_EXTENSIONS = (".jsonl", ".csv")
@@ -198,12 +201,7 @@ class Predictor:
         texts = [rows[i].text for i in usable]
         if self.kind == "mlm":
             for i, pieces in zip(usable, self.tokenizer.encode_batch(texts)):
-                ids = [self.tokenizer.cls_id, *pieces, self.tokenizer.sep_id]
-                masks = [t for t, token in enumerate(ids) if token == self.tokenizer.mask_id]
-                out[i] = ((ids, masks) if masks and len(ids) <= self.config.max_position else
-                          f"no {self.tokenizer.special_tokens['mask_token']} token to fill" if not masks else
-                          f"{len(ids)} tokens with [CLS]/[SEP], more than the model's max_position="
-                          f"{self.config.max_position}")
+                out[i] = masked_ids(pieces, self.config, self.tokenizer)
         elif self.kind == "token" and usable:
             encoded = encode_words([text.split() for text in texts], self.tokenizer, self.max_len)
             for n, i in enumerate(usable):
@@ -320,7 +318,6 @@ def predict_file(predictor: Predictor, input_path: str, output_path: str, *, bat
 
     labels = [predictor.config.id2label[i] for i in range(predictor.config.num_labels)] \
         if predictor.kind == "sequence" else []
-    temporary = f"{output_path}.tmp-{os.getpid()}"
     counts = {"rows": 0, "predicted": 0, "skipped": 0}
     started = time.perf_counter()
     bar = tqdm(disable=not progress, unit="text", dynamic_ncols=True, desc="predicting")
@@ -351,7 +348,7 @@ def predict_file(predictor: Predictor, input_path: str, output_path: str, *, bat
                 counts["predicted"] += 1
         bar.update(len(chunk))
 
-    try:
+    def write_all(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8", newline="") as out:
             writer = RecordWriter(out, os.path.splitext(output_path)[1].lower(), predictor.kind, labels)
             chunk: list[Row] = []
@@ -367,10 +364,10 @@ def predict_file(predictor: Predictor, input_path: str, output_path: str, *, bat
                     flush(chunk, writer)
                     chunk = []
             flush(chunk, writer)
-        os.replace(temporary, output_path)
+
+    try:
+        atomic_write(output_path, write_all)             # a temporary renamed into place: never half a file
     finally:
         bar.close()
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     seconds = time.perf_counter() - started
     return {**counts, "seconds": seconds, "texts_per_s": counts["predicted"] / max(seconds, 1e-9)}

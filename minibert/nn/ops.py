@@ -11,8 +11,8 @@ and the two whose gradient is a scatter-add, which the standard lacks (`embeddin
 `minibert.nn.loss.cross_entropy_backward`), take the backend that supplies it after the cache:
 `x_backward(d_out, cache, backend)`. d_out is dLoss/dOutput, d_in is dLoss/dInput (None where the input is
 integer ids), and grads is a dict of the op's parameter gradients under local names ("weight", "bias"), empty
-for ops without parameters. Backwards
-read cache fields by name, never by position, so a reordered field fails loudly instead of silently.
+for ops without parameters. Backwards read cache fields by name, never by position, so a reordered field fails
+loudly instead of silently.
 Activations are 2-D `[N, features]` (N = batch * sequence) except inside attention.
 Notation: `dX` is dLoss/dX; sums over "rows" run over the N axis.
 

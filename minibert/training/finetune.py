@@ -24,7 +24,7 @@ from minibert.config import BertConfig
 from minibert.data.finetune_data import (TaskData, check_example_labels, load_sequence_task, load_token_task,
                                         read_sequence_file)
 from minibert.data.finetune_encode import EncodedExamples, FinetuneBatcher, encode_sequence_examples, encode_token_examples
-from minibert.training.finetune_settings import RESUME_FIXED, SCRIPT, FinetuneSettings
+from minibert.training.finetune_settings import FinetuneSettings
 from minibert.evaluation import evaluate_classifier, summarize
 from minibert.training.loop import LoopSettings, run_loop
 from minibert.nn.model import label_count
@@ -229,8 +229,8 @@ def finetune(settings: FinetuneSettings, log=print) -> dict:
         log(f"fine-tuning the default pretrained run {settings.init_from} (the newest complete one under "
             f"{RUNS_ROOT}/)")
     data = load_task(settings)
-    with open_run(out=settings.out, resume=settings.resume, settings=settings.record(), fixed=RESUME_FIXED,
-                  fallback=settings.resume_fallback, script=SCRIPT) as run:
+    with open_run(out=settings.out, resume=settings.resume, settings=settings.record(),
+                  fixed=settings.RESUME_FIXED, fallback=settings.resume_fallback, script=settings.SCRIPT) as run:
         config, tokenizer, init_params, run_info = _model_plan(settings, run, data, log)
         limit = min(128, config.max_position) if settings.max_len is None else settings.max_len
         if limit > config.max_position:

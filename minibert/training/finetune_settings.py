@@ -13,7 +13,6 @@ from minibert.nn.optim import AdamWConfig
 from minibert.training.settings import RunSettings, _is_int, flag
 from minibert.data.tokenizer import MINIBERT_SPECIAL_TOKENS as SPECIAL_TOKENS
 
-SCRIPT = "scripts/finetune.py"
 CLASSIFIER_TASKS = ("sequence", "token")
 
 
@@ -21,8 +20,12 @@ CLASSIFIER_TASKS = ("sequence", "token")
 class FinetuneSettings(RunSettings):
     """Everything a fine-tuning run depends on. Field names are the command-line flags (with - for _)."""
 
-    SCRIPT: ClassVar[str] = SCRIPT
+    SCRIPT: ClassVar[str] = "scripts/finetune.py"
     KIND: ClassVar[str] = "fine-tuning"
+    RESUME_FIXED: ClassVar[tuple] = ("init_from", "from_scratch", "config", "vocab_size", "task", "train", "eval",
+                                     "text_column", "text_pair_column", "label_column", "tag_column", "regression",
+                                     "epochs", "batch_size", "lr", "warmup", "weight_decay", "clip_norm", "max_len",
+                                     "dropout", "seed", "freeze_encoder", "dtype", "precision")
     MARKER: ClassVar[str | None] = "task"
 
     init_from: str | None = None      # a Mini-BERT run or a transformers BERT folder; None: the default run
@@ -101,8 +104,3 @@ class FinetuneSettings(RunSettings):
         """The settings as JSON values (config.json's "training")."""
         return dataclasses.asdict(self)
 
-
-# settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
-RESUME_FIXED = ("init_from", "from_scratch", "config", "vocab_size", "task", "train", "eval", "text_column",
-                "text_pair_column", "label_column", "tag_column", "regression", "epochs", "batch_size", "lr",
-                "warmup", "weight_decay", "clip_norm", "max_len", "dropout", "seed", "freeze_encoder", "dtype", "precision")

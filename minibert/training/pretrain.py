@@ -24,7 +24,7 @@ from minibert.params import init_host_params
 from minibert.data.prepared import prepared_for_corpus
 from minibert.data.shards import PreparedDataError, open_prepared
 from minibert.training.rundir import open_run
-from minibert.training.settings import RESUME_FIXED, TrainSettings, get_backend, plural
+from minibert.training.settings import TrainSettings, get_backend, plural
 from minibert.data.tokenizer import WordPieceTokenizer, check_tokenizer_fits, load_tokenizer, train_wordpiece
 
 # The held-out set is one fixed draw, the same in every evaluation and for every training recipe: its packing seed
@@ -35,7 +35,6 @@ EVAL_PACK_SEED = 0
 EVAL_SEED = 1234
 EVAL_MASK_RATE = 0.15
 EVAL_BATCH_SIZE = 32
-SCRIPT = "scripts/train.py"
 
 
 @dataclass
@@ -227,8 +226,9 @@ def train(settings: TrainSettings, log=print) -> dict:
     backend, process = launch(settings)
     if process != 0:            # process 0 reports and writes; the others compute their rows in silence
         settings, log = dataclasses.replace(settings, progress=False), _quiet
-    with open_run(out=settings.out, resume=settings.resume, settings=settings.record(), fixed=RESUME_FIXED,
-                  fallback=settings.resume_fallback, script=SCRIPT, writer=process == 0) as run:
+    with open_run(out=settings.out, resume=settings.resume, settings=settings.record(),
+                  fixed=settings.RESUME_FIXED, fallback=settings.resume_fallback, script=settings.SCRIPT,
+                  writer=process == 0) as run:
         config, tokenizer, init_weights = _model_plan(settings, run, log)
         if run.resume is not None and run.resume.step >= settings.steps:
             log(f"{run.path} is already complete: {run.resume.checkpoint.name} is step {run.resume.step} of "

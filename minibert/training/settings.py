@@ -78,6 +78,7 @@ class RunSettings:
     progress: bool = True
 
     SCRIPT: ClassVar[str] = ""                  # the script that writes such runs (for messages)
+    RESUME_FIXED: ClassVar[tuple] = ()          # settings a resumed run keeps (others, e.g. eval_every, may change)
     KIND: ClassVar[str] = ""                    # "pretraining", "fine-tuning"
     MARKER: ClassVar[str | None] = None         # a key every saved run of this kind has
     SAVED_BEFORE: ClassVar[dict] = {}           # flags added after runs were first saved: the value those ran with
@@ -130,6 +131,9 @@ class TrainSettings(RunSettings):
 
     SCRIPT: ClassVar[str] = "scripts/train.py"
     KIND: ClassVar[str] = "pretraining"
+    RESUME_FIXED: ClassVar[tuple] = ("config", "corpus", "data", "vocab_size", "batch_size", "seq_len", "accum_steps",
+                                     "mask_rate", "lr", "lr_schedule", "warmup", "weight_decay", "clip_norm", "dropout",
+                                     "seed", "dtype", "precision", "steps", "init_from")
     SAVED_BEFORE: ClassVar[dict] = {"mask_rate": 0.15, "lr_schedule": "linear"}
 
     config: str = "tiny"
@@ -245,11 +249,6 @@ class TrainSettings(RunSettings):
 # how a run is started: may differ between a run and its resumption, so kept out of config.json
 LAUNCH = ("devices", "distributed", "coordinator", "num_processes", "process_id", "init_timeout")
 
-
-# settings that must not change when a run is resumed (anything else, e.g. eval_every, may)
-RESUME_FIXED = ("config", "corpus", "data", "vocab_size", "batch_size", "seq_len", "accum_steps", "mask_rate", "lr",
-                "lr_schedule", "warmup", "weight_decay", "clip_norm", "dropout", "seed", "dtype", "precision", "steps",
-                "init_from")
 def get_backend(name: str | None, dtype: str, precision: str = "fp32"):
     """The backend, with `dtype` and `precision` checked; errors say where the backend name came from."""
     try:
